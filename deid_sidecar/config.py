@@ -1,0 +1,336 @@
+"""Configuration: pydantic v2 models, the one source of truth for every option.
+
+`docs/config.md` is generated from these models (`deid-sidecar config-docs`); CI checks it is current.
+Loading has no side effects: it reads YAML, substitutes `${ENV}` references and validates.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from enum import Enum
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
+
+from deid_sidecar.errors import ConfigError
+
+NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_default=True)
+
+
+class Method(str, Enum):
+    BLUR = "blur"
+    PIXELATE = "pixelate"
+    FILL = "fill"
+    REPLACE = "replace"
+
+
+class WholeFrameMask(str, Enum):
+    """How a frame is hidden when detection cannot vouch for it."""
+
+    BLUR = "blur"
+    PIXELATE = "pixelate"
+    BLACK = "black"
+
+
+class FailMode(str, Enum):
+    MASK = "mask"
+    HOLD = "hold"
+
+
+class DetectorConfig(Strict):
+    enabled: bool = Field(True, description="Run this detector.")
+    model: str = Field(description="Model id from `deid-sidecar models list`.")
+    threshold: float = Field(
+        0.3,
+        ge=0.01,
+        le=1.0,
+        description="Score above which a box is MASKED. Keep it low: a missed face is a leak.",
+    )
+    event_threshold: float = Field(
+        0.5, ge=0.01, le=1.0, description="Score above which an object is reported in events and counts."
+    )
+    input_width: int = Field(
+        640, ge=128, le=3840, description="Long side the frame is resized to before inference (pixels)."
+    )
+
+    @model_validator(mode="after")
+    def _event_not_below_mask(self) -> DetectorConfig:
+        if self.event_threshold < self.threshold:
+            raise ValueError("event_threshold must be >= threshold (everything reported must also be masked)")
+        return self
+
+
+class DetectionConfig(Strict):
+    face: DetectorConfig = Field(
+        default_factory=lambda: DetectorConfig(model="centerface", threshold=0.3, event_threshold=0.5),
+        description="Face detector.",
+    )
+    license_plate: DetectorConfig = Field(
+        default_factory=lambda: DetectorConfig(model="yolov8n-plate", threshold=0.2, event_threshold=0.5),
+        description="License-plate detector.",
+    )
+    person: DetectorConfig = Field(
+        default_factory=lambda: DetectorConfig(
+            model="ssdlite-person", enabled=False, threshold=0.3, event_threshold=0.5
+        ),
+        description="Whole-person detector (for cameras where faces are too small to find).",
+    )
+    providers: list[Literal["tensorrt", "cuda", "cpu"]] = Field(
+        default_factory=lambda: ["cuda", "cpu"],
+        min_length=1,
+        description="onnxruntime execution providers in order of preference; unavailable ones are skipped.",
+    )
+    threads: int = Field(0, ge=0, le=64, description="Inference threads per model; 0 = number of CPU cores.")
+
+
+class AnonymizeConfig(Strict):
+    method: Method = Field(Method.BLUR, description="How objects are hidden.")
+    margin: float = Field(0.15, ge=0.0, le=1.0, description="Grow each box by this fraction on every side.")
+    shape: Literal["box", "ellipse"] = Field(
+        "box", description="Masked shape for faces (plates and persons always use the box)."
+    )
+    blocks: int = Field(
+        8, ge=2, le=16, description="Pixelate: blocks across the object (<= 10 really anonymizes)."
+    )
+    fill_color: tuple[int, int, int] = Field((0, 0, 0), description="Fill: RGB colour.")
+    replace_min_size: int = Field(
+        24, ge=8, le=512, description="Replace: faces smaller than this (pixels) are blurred instead."
+    )
+
+    @field_validator("fill_color")
+    @classmethod
+    def _rgb(cls, value: tuple[int, int, int]) -> tuple[int, int, int]:
+        if any(not 0 <= c <= 255 for c in value):
+            raise ValueError("each colour component must be 0..255")
+        return value
+
+
+class Zone(Strict):
+    name: str = Field(pattern=NAME_PATTERN, description="Zone name, shown in the UI and events.")
+    points: list[tuple[float, float]] = Field(
+        min_length=3, description="Polygon corners as [x, y] fractions of the frame (0..1)."
+    )
+
+    @field_validator("points")
+    @classmethod
+    def _fractions(cls, value: list[tuple[float, float]]) -> list[tuple[float, float]]:
+        if any(not (0 <= x <= 1 and 0 <= y <= 1) for x, y in value):
+            raise ValueError("zone points are fractions of the frame: 0 <= x, y <= 1")
+        return value
+
+
+class PrivacyConfig(Strict):
+    on_failure: FailMode = Field(
+        FailMode.MASK,
+        description="When detection is late, failed or not ready: mask the whole frame, or hold (drop) it.",
+    )
+    whole_frame: WholeFrameMask = Field(WholeFrameMask.PIXELATE, description="How a whole frame is masked.")
+    detect_budget_ms: int = Field(
+        700, ge=50, le=10_000, description="Detection older than this counts as missing (fail closed)."
+    )
+    hold_s: float = Field(
+        1.0, ge=0.0, le=30.0, description="A track stays masked this long after its last detection."
+    )
+    delay_ms: int = Field(
+        0, ge=0, le=5000, description="Live look-ahead: publish frames this late so new objects are masked back."
+    )
+    detect_every: int = Field(
+        0, ge=0, le=30, description="Run the full detector every Nth frame; 0 = choose from the measured cost."
+    )
+
+
+class Go2rtcConfig(Strict):
+    url: str = Field("http://go2rtc:1984", description="go2rtc HTTP API base URL.")
+    rtsp_url: str = Field("rtsp://go2rtc:8554", description="go2rtc RTSP base URL that cameras are read from.")
+    username: str | None = Field(None, description="go2rtc api/rtsp username (needed from another container).")
+    password: SecretStr | None = Field(None, description="go2rtc api/rtsp password. Use ${ENV} references.")
+    register: bool = Field(False, description="PUT each output stream into go2rtc and keep it registered.")
+    api: Literal["go2rtc", "frigate"] = Field(
+        "go2rtc", description="Register through go2rtc's API, or Frigate's proxy (/api/go2rtc/streams)."
+    )
+    frigate_url: str = Field("http://frigate:5000", description="Frigate's internal API (for api: frigate).")
+    sidecar_url: str = Field(
+        "http://deid-sidecar:8080", description="How go2rtc reaches this sidecar (base of the stream URLs)."
+    )
+    reconcile_s: float = Field(
+        30.0, ge=2.0, le=3600.0, description="How often registrations are checked and re-sent."
+    )
+    remove_on_exit: bool = Field(False, description="DELETE registered streams when the sidecar stops.")
+
+
+class ServerConfig(Strict):
+    host: str = Field("0.0.0.0", description="Address the HTTP server listens on.")  # noqa: S104
+    port: int = Field(8080, ge=1, le=65535, description="HTTP port: streams, API, web UI.")
+    token: SecretStr | None = Field(
+        None, description="Bearer token for the API (not for /healthz and streams). Use ${ENV}."
+    )
+    stream_token: SecretStr | None = Field(
+        None, description="Optional token go2rtc must send (?token=) to read the stream URLs."
+    )
+
+
+class MqttConfig(Strict):
+    enabled: bool = Field(False, description="Publish events and Home Assistant discovery over MQTT.")
+    host: str = Field("mosquitto", description="Broker host.")
+    port: int = Field(1883, ge=1, le=65535, description="Broker port.")
+    username: str | None = Field(None, description="Broker username.")
+    password: SecretStr | None = Field(None, description="Broker password. Use ${ENV}.")
+    tls: bool = Field(False, description="Connect with TLS.")
+    ca_file: str | None = Field(None, description="CA bundle for TLS (system CAs when empty).")
+    client_id: str = Field("deid-sidecar", pattern=NAME_PATTERN, description="MQTT client id.")
+    keepalive_s: int = Field(30, ge=5, le=3600, description="Keepalive interval.")
+    prefix: str = Field("deid", pattern=NAME_PATTERN, description="Topic prefix (never `frigate`).")
+    discovery: bool = Field(True, description="Publish Home Assistant MQTT discovery.")
+    discovery_prefix: str = Field("homeassistant", pattern=NAME_PATTERN, description="HA discovery prefix.")
+    snapshots: bool = Field(True, description="Publish a JPEG of the ANONYMIZED frame when an event starts.")
+    allow_remote_unmask: bool = Field(
+        False, description="Allow `<prefix>/<cam>/privacy/set OFF` to turn masking off. Leave off."
+    )
+    update_interval_s: float = Field(
+        1.0, ge=0.1, le=60.0, description="Minimum interval between `update` events per object."
+    )
+    queue_size: int = Field(
+        1000, ge=10, le=100_000, description="Outgoing messages buffered while the broker is away."
+    )
+
+    @field_validator("prefix")
+    @classmethod
+    def _not_frigate(cls, value: str) -> str:
+        if value == "frigate":
+            raise ValueError("must not be 'frigate': Frigate's own topics and blueprints would be confused")
+        return value
+
+
+class OutputConfig(Strict):
+    name: str | None = Field(
+        None, pattern=NAME_PATTERN, description="Anonymized stream name; default `<camera>_anon`."
+    )
+    fps: float = Field(15.0, gt=0, le=60, description="Output frames per second.")
+    height: int | None = Field(
+        None, ge=90, le=2160, description="Output height in pixels (width keeps aspect); default: source."
+    )
+    bitrate_kbps: int = Field(2000, ge=100, le=50_000, description="Target video bitrate.")
+    encoder: Literal["auto", "libx264", "h264_nvenc", "h264_qsv"] = Field(
+        "auto", description="H.264 encoder; auto probes hardware encoders and falls back to libx264."
+    )
+    push: Literal["none", "rtsp", "http"] = Field(
+        "none",
+        description="Also push into an existing go2rtc stream (RTSP publish or POST /api/stream.ts).",
+    )
+
+
+class CameraConfig(Strict):
+    source: str = Field(
+        description="`go2rtc:<name>`, `rtsp://...`, `http(s)://...`, `file:<path>` or `/dev/videoN`."
+    )
+    detect_source: str | None = Field(
+        None, description="Optional lower-resolution stream to detect on (same forms as `source`)."
+    )
+    loop: bool = Field(False, description="file: sources start again at the end (demo and tests).")
+    enabled: bool = Field(True, description="Run this camera.")
+    protect: list[Literal["face", "license_plate", "person"]] = Field(
+        default_factory=lambda: ["face", "license_plate"],
+        min_length=1,
+        description="What to anonymize on this camera.",
+    )
+    method: Method | None = Field(None, description="Overrides `anonymize.method` for this camera.")
+    zones: list[Zone] = Field(default_factory=list, description="Areas that are always masked.")
+    invert_zones: bool = Field(False, description="Mask everything OUTSIDE the zones instead.")
+    output: OutputConfig = Field(default_factory=OutputConfig, description="The anonymized stream.")
+
+    @property
+    def has_zones(self) -> bool:
+        return bool(self.zones)
+
+
+class Config(Strict):
+    models_dir: str = Field("models", description="Where fetched models are cached (relative to the cwd).")
+    log_level: Literal["debug", "info", "warning", "error"] = Field("info", description="Log verbosity.")
+    detection: DetectionConfig = Field(default_factory=DetectionConfig, description="Detectors.")
+    anonymize: AnonymizeConfig = Field(default_factory=AnonymizeConfig, description="Masking method.")
+    privacy: PrivacyConfig = Field(default_factory=PrivacyConfig, description="Fail-closed and tracking.")
+    server: ServerConfig = Field(default_factory=ServerConfig, description="HTTP server.")
+    go2rtc: Go2rtcConfig = Field(default_factory=Go2rtcConfig, description="go2rtc connection.")
+    mqtt: MqttConfig = Field(default_factory=MqttConfig, description="MQTT and Home Assistant.")
+    cameras: dict[Annotated[str, Field(pattern=NAME_PATTERN)], CameraConfig] = Field(
+        default_factory=dict, description="Cameras by name."
+    )
+
+    @model_validator(mode="after")
+    def _outputs_never_shadow_sources(self) -> Config:
+        outputs: dict[str, str] = {}
+        sources = {cam.source.removeprefix("go2rtc:") for cam in self.cameras.values()}
+        sources |= {c.detect_source.removeprefix("go2rtc:") for c in self.cameras.values() if c.detect_source}
+        for cam_name, cam in self.cameras.items():
+            out = output_name(cam_name, cam)
+            if out in outputs:
+                raise ValueError(f"cameras.{cam_name}.output.name: {out!r} is also used by {outputs[out]}")
+            if out in sources or out in self.cameras:
+                raise ValueError(
+                    f"cameras.{cam_name}.output.name: {out!r} is a source stream name; a raw and an "
+                    "anonymized stream must never share a name"
+                )
+            outputs[out] = cam_name
+        return self
+
+
+def output_name(camera_name: str, camera: CameraConfig) -> str:
+    return camera.output.name or f"{camera_name}_anon"
+
+
+_ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+
+
+def substitute_env(text: str, environ: dict[str, str] | None = None) -> str:
+    """Replace `${NAME}` and `${NAME:-default}`; an unset variable without default is an error."""
+    env = os.environ if environ is None else environ
+
+    def replace(match: re.Match[str]) -> str:
+        name, default = match.group(1), match.group(2)
+        if name in env:
+            return env[name]
+        if default is not None:
+            return default
+        raise ConfigError(f"environment variable {name} is referenced in the config but not set")
+
+    return _ENV_REF.sub(replace, text)
+
+
+def format_validation_error(error: ValidationError) -> str:
+    lines = []
+    for item in error.errors():
+        path = ".".join(str(part) for part in item["loc"]) or "(top level)"
+        message = item["msg"].removeprefix("Value error, ")
+        if item["type"] == "extra_forbidden":
+            message = "unknown option"
+        lines.append(f"{path}: {message}")
+    return "; ".join(lines)
+
+
+def parse_config(data: dict[str, Any] | None) -> Config:
+    try:
+        return Config.model_validate(data or {})
+    except ValidationError as exc:
+        raise ConfigError(format_validation_error(exc)) from None
+
+
+def load_config(path: str | Path) -> Config:
+    file = Path(path)
+    try:
+        text = file.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {file}: {exc.strerror}") from None
+    try:
+        data = yaml.safe_load(substitute_env(text))
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{file}: not valid YAML: {exc}") from None
+    if data is not None and not isinstance(data, dict):
+        raise ConfigError(f"{file}: the top level must be a mapping of options")
+    return parse_config(data)

@@ -1,0 +1,1 @@
+"""Pure data types and geometry: no I/O, no wiring."""

@@ -1,0 +1,1 @@
+"""Detectors: onnxruntime sessions and the adapters that turn model outputs into `Detections`."""

@@ -1,0 +1,21 @@
+"""The detector contract every stage relies on."""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+import numpy as np
+import numpy.typing as npt
+
+from deid_sidecar.core.detections import Detections
+
+Image = npt.NDArray[np.uint8]  # H x W x 3, BGR (OpenCV order), C-contiguous
+
+
+class Detector(Protocol):
+    """Finds objects in one BGR frame. Boxes come back in that frame's pixels.
+
+    Implementations must be safe to call from several threads (onnxruntime sessions are).
+    """
+
+    def detect(self, image: Image) -> Detections: ...
