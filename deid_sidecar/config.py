@@ -28,7 +28,6 @@ class Method(str, Enum):
     BLUR = "blur"
     PIXELATE = "pixelate"
     FILL = "fill"
-    REPLACE = "replace"
 
 
 class WholeFrameMask(str, Enum):
@@ -100,9 +99,6 @@ class AnonymizeConfig(Strict):
         8, ge=2, le=16, description="Pixelate: blocks across the object (<= 10 really anonymizes)."
     )
     fill_color: tuple[int, int, int] = Field((0, 0, 0), description="Fill: RGB colour.")
-    replace_min_size: int = Field(
-        24, ge=8, le=512, description="Replace: faces smaller than this (pixels) are blurred instead."
-    )
 
     @field_validator("fill_color")
     @classmethod
