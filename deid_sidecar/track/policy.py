@@ -1,0 +1,196 @@
+"""Masking policy between tracker and anonymizer: when to detect, and the privacy delay buffer.
+
+Pure: no I/O, no clocks (callers pass frame indices and timestamps), so tests drive it frame by frame.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from dataclasses import dataclass
+from typing import Generic, TypeVar
+
+import numpy as np
+
+from deid_sidecar.core.detections import Detections
+
+T = TypeVar("T")
+
+#: Largest detection interval the scheduler hands out (config `privacy.detect_every` allows up to 30).
+MAX_EVERY = 30
+#: Share of the frame interval the pipeline may plan to use; the rest absorbs jitter and GC pauses.
+BUDGET_HEADROOM = 0.8
+#: Back-filled boxes grow by this fraction of their size on each side, plus BACKFILL_GROWTH_PER_S per
+#: second of distance from the birth frame: the object was somewhere near, we do not know exactly where.
+BACKFILL_GROWTH = 0.1
+BACKFILL_GROWTH_PER_S = 0.5
+BACKFILL_MAX_GROWTH = 0.6
+#: Without a delay the back-fill window defaults to this (file mode look-ahead by frame count).
+DEFAULT_BACKFILL_S = 1.0
+#: Timestamps are float sums of frame intervals: 0.6 - 0.4 must count as 0.2 s.
+TIME_EPSILON = 1e-6
+
+
+class DetectionScheduler:
+    """Decides per frame whether the full detector runs.
+
+    Under a CPU budget the detector runs every `every`-th frame, but it is forced at start, after
+    reset() (reconnect), on a scene cut, and for `burst` consecutive frames after a new track appears
+    (a new object's velocity is unknown, so prediction alone cannot follow it yet).
+    """
+
+    def __init__(self, every: int = 1, burst: int = 3) -> None:
+        self.every = every
+        self.burst = burst
+        self._force = True
+        self._burst_left = 0
+        self._last_detect: int | None = None
+
+    def should_detect(self, frame_index: int, scene_cut: bool = False) -> bool:
+        forced = self._force or scene_cut or self._burst_left > 0 or self._last_detect is None
+        due = self._last_detect is not None and frame_index - self._last_detect >= max(1, self.every)
+        if not (forced or due):
+            return False
+        self._force = False
+        self._burst_left = max(0, self._burst_left - 1)
+        self._last_detect = frame_index
+        return True
+
+    def note_new_tracks(self, count: int) -> None:
+        if count > 0:
+            self._burst_left = max(self._burst_left, self.burst)
+
+    def reset(self) -> None:
+        self._force = True
+        self._burst_left = 0
+        self._last_detect = None
+
+    @staticmethod
+    def every_for_budget(
+        detect_ms: float, frame_interval_ms: float, other_ms: float, cores: float = 1.0
+    ) -> int:
+        """Smallest N such that detecting every N-th frame fits the per-frame time budget.
+
+        Per frame, `other_ms` (decode, anonymize, encode) is always spent and the detector's cost is
+        spread over N frames; `cores` scales the time available when stages run in parallel.
+        """
+        available = frame_interval_ms * max(cores, 0.0) * BUDGET_HEADROOM - max(other_ms, 0.0)
+        if detect_ms <= 0:
+            return 1
+        if available <= 0:
+            return MAX_EVERY
+        return int(min(MAX_EVERY, max(1, math.ceil(detect_ms / available))))
+
+
+@dataclass
+class PendingFrame(Generic[T]):
+    payload: T  # the engine's frame object, opaque here
+    t: float
+    mask: Detections  # what will be masked when it is released
+
+
+@dataclass
+class _Birth:
+    """A track born recently, kept until its velocity is known (its second sighting) or it is too old."""
+
+    track_id: int
+    t: float
+    row: Detections  # one row: the first box
+
+
+class DelayBuffer(Generic[T]):
+    """Privacy delay / look-ahead.
+
+    Holds frames for `delay_s` (live) or `max_frames` (file mode); when a track is BORN at time t its
+    box is back-filled into the held frames of the last `backfill_s` seconds, so a face first detected
+    at frame t is also masked on frames t-k. First the birth box grown a little; once the track is seen
+    again its velocity is known and the box extrapolated backward along it is added too.
+
+    With delay_s = 0 and no max_frames, push() returns the frame at once (default live mode). With
+    max_frames set and delay_s = 0, only the frame count holds frames back.
+    """
+
+    def __init__(
+        self, delay_s: float, backfill_s: float | None = None, max_frames: int | None = None
+    ) -> None:
+        self.delay_s = delay_s
+        self.max_frames = max_frames
+        self.backfill_s = backfill_s if backfill_s is not None else max(delay_s, DEFAULT_BACKFILL_S)
+        self._held: deque[PendingFrame[T]] = deque()
+        self._births: list[_Birth] = []
+
+    @property
+    def passthrough(self) -> bool:
+        return self.delay_s <= 0 and self.max_frames is None
+
+    def push(self, payload: T, t: float, mask: Detections, born: Detections) -> list[PendingFrame[T]]:
+        """Add a frame; `born` = rows of `mask` whose track ids are new this frame.
+
+        Returns the frames now due, oldest first, with their final masks.
+        """
+        frame = PendingFrame(payload, t, mask)
+        if self.passthrough:
+            return [frame]
+        self._refine_births(mask, t)
+        for i in range(len(born)):
+            row = born[np.array([i])]
+            self._backfill(row, t, velocity=None)
+            self._births.append(_Birth(int(row.track_id[0]), t, row))
+        self._held.append(frame)
+        return self._release(t)
+
+    def drain(self) -> list[PendingFrame[T]]:
+        """Everything still held, oldest first (end of file, shutdown)."""
+        out = list(self._held)
+        self._held.clear()
+        self._births = []
+        return out
+
+    def __len__(self) -> int:
+        return len(self._held)
+
+    def _release(self, now: float) -> list[PendingFrame[T]]:
+        out: list[PendingFrame[T]] = []
+        while self._held:
+            oldest = self._held[0]
+            by_time = self.delay_s > 0 and now - oldest.t >= self.delay_s - TIME_EPSILON
+            by_count = self.max_frames is not None and len(self._held) > self.max_frames
+            if not (by_time or by_count):
+                break
+            out.append(self._held.popleft())
+        return out
+
+    def _refine_births(self, mask: Detections, t: float) -> None:
+        """Second sighting of a recent birth: back-fill again along its now known velocity."""
+        keep: list[_Birth] = []
+        for birth in self._births:
+            hit = np.flatnonzero(mask.track_id == birth.track_id)
+            dt = t - birth.t
+            if len(hit) and dt > 0:
+                first = birth.row.xyxy[0].astype(np.float64)
+                velocity = (mask.xyxy[hit[0]].astype(np.float64) - first) / dt
+                self._backfill(birth.row, birth.t, velocity)
+            elif t - birth.t <= self.backfill_s:
+                keep.append(birth)
+        self._births = keep
+
+    def _backfill(self, row: Detections, t_birth: float, velocity: np.ndarray | None) -> None:
+        first = row.xyxy[0].astype(np.float64)
+        size = np.tile(first[2:] - first[:2], 2)
+        for frame in self._held:
+            back = t_birth - frame.t
+            if back <= 0 or back > self.backfill_s:
+                continue
+            box = first if velocity is None else first - velocity * back
+            grow = min(BACKFILL_MAX_GROWTH, BACKFILL_GROWTH + BACKFILL_GROWTH_PER_S * back)
+            grown = box + size * grow * np.array([-1.0, -1.0, 1.0, 1.0])
+            if grown[2] <= 0 or grown[3] <= 0:
+                continue  # extrapolated entirely off the top/left edge: nothing to hide there
+            filled = Detections(
+                xyxy=grown[None, :].astype(np.float32),
+                confidence=row.confidence,
+                label=row.label,
+                track_id=row.track_id,
+                keypoints=np.full_like(row.keypoints, np.nan),
+            )
+            frame.mask = Detections.merge([frame.mask, filled])
