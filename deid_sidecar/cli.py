@@ -50,7 +50,9 @@ def _protect_list(value: str | None) -> list[str] | None:
     allowed = {"face", "license_plate", "person"}
     bad = [item for item in items if item not in allowed]
     if bad or not items:
-        raise UserError(f"--protect: unknown kind {', '.join(bad) or '(empty)'}; choose from face,license_plate,person")
+        raise UserError(
+            f"--protect: unknown kind {', '.join(bad) or '(empty)'}; choose from face,license_plate,person"
+        )
     return items
 
 
@@ -128,7 +130,9 @@ def _add_file_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("input", help="input file")
     parser.add_argument("-o", "--output", required=True, help="output file")
     parser.add_argument("-c", "--config", help="config file (detector and method settings)")
-    parser.add_argument("--protect", help="comma list: face,license_plate,person (default: face,license_plate)")
+    parser.add_argument(
+        "--protect", help="comma list: face,license_plate,person (default: face,license_plate)"
+    )
     parser.add_argument("--method", choices=[m.value for m in Method], help="anonymization method")
     parser.add_argument("-q", "--quiet", action="store_true", help="print nothing on success")
 
@@ -173,7 +177,9 @@ def build_parser() -> argparse.ArgumentParser:
     docs.add_argument("-o", "--output", help="write to this file")
     docs.set_defaults(handler=_cmd_config_docs)
 
-    yaml_cmd = commands.add_parser("go2rtc-yaml", help="print go2rtc and Frigate config lines for the outputs")
+    yaml_cmd = commands.add_parser(
+        "go2rtc-yaml", help="print go2rtc and Frigate config lines for the outputs"
+    )
     yaml_cmd.add_argument("-c", "--config", required=True)
     yaml_cmd.set_defaults(handler=_cmd_go2rtc_yaml)
     return parser

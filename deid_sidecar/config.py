@@ -13,7 +13,15 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from deid_sidecar.errors import ConfigError
 
@@ -82,7 +90,7 @@ class DetectionConfig(Strict):
         description="Whole-person detector (for cameras where faces are too small to find).",
     )
     providers: list[Literal["tensorrt", "cuda", "cpu"]] = Field(
-        default_factory=lambda: ["cuda", "cpu"],
+        default_factory=lambda: ["cuda", "cpu"],  # type: ignore[arg-type]
         min_length=1,
         description="onnxruntime execution providers in order of preference; unavailable ones are skipped.",
     )
@@ -135,19 +143,31 @@ class PrivacyConfig(Strict):
         1.0, ge=0.0, le=30.0, description="A track stays masked this long after its last detection."
     )
     delay_ms: int = Field(
-        0, ge=0, le=5000, description="Live look-ahead: publish frames this late so new objects are masked back."
+        0,
+        ge=0,
+        le=5000,
+        description="Live look-ahead: publish frames this late so new objects are masked back.",
     )
     detect_every: int = Field(
-        0, ge=0, le=30, description="Run the full detector every Nth frame; 0 = choose from the measured cost."
+        0,
+        ge=0,
+        le=30,
+        description="Run the full detector every Nth frame; 0 = choose from the measured cost.",
     )
 
 
 class Go2rtcConfig(Strict):
     url: str = Field("http://go2rtc:1984", description="go2rtc HTTP API base URL.")
-    rtsp_url: str = Field("rtsp://go2rtc:8554", description="go2rtc RTSP base URL that cameras are read from.")
-    username: str | None = Field(None, description="go2rtc api/rtsp username (needed from another container).")
+    rtsp_url: str = Field(
+        "rtsp://go2rtc:8554", description="go2rtc RTSP base URL that cameras are read from."
+    )
+    username: str | None = Field(
+        None, description="go2rtc api/rtsp username (needed from another container)."
+    )
     password: SecretStr | None = Field(None, description="go2rtc api/rtsp password. Use ${ENV} references.")
-    register: bool = Field(False, description="PUT each output stream into go2rtc and keep it registered.")
+    register_streams: bool = Field(
+        False, description="PUT each output stream into go2rtc and keep it registered."
+    )
     api: Literal["go2rtc", "frigate"] = Field(
         "go2rtc", description="Register through go2rtc's API, or Frigate's proxy (/api/go2rtc/streams)."
     )
@@ -232,7 +252,7 @@ class CameraConfig(Strict):
     loop: bool = Field(False, description="file: sources start again at the end (demo and tests).")
     enabled: bool = Field(True, description="Run this camera.")
     protect: list[Literal["face", "license_plate", "person"]] = Field(
-        default_factory=lambda: ["face", "license_plate"],
+        default_factory=lambda: ["face", "license_plate"],  # type: ignore[arg-type]
         min_length=1,
         description="What to anonymize on this camera.",
     )
@@ -324,9 +344,21 @@ def load_config(path: str | Path) -> Config:
     except OSError as exc:
         raise ConfigError(f"cannot read config file {file}: {exc.strerror}") from None
     try:
-        data = yaml.safe_load(substitute_env(text))
+        data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
         raise ConfigError(f"{file}: not valid YAML: {exc}") from None
     if data is not None and not isinstance(data, dict):
         raise ConfigError(f"{file}: the top level must be a mapping of options")
-    return parse_config(data)
+    return parse_config(_substitute_values(data))
+
+
+def _substitute_values(data: Any) -> Any:
+    """`${ENV}` substitution in string VALUES only: comments and keys are left alone."""
+    if isinstance(data, dict):
+        return {key: _substitute_values(value) for key, value in data.items()}
+    if isinstance(data, list):
+        return [_substitute_values(item) for item in data]
+    if isinstance(data, str):
+        value = substitute_env(data)
+        return None if value == "" and data != "" else value
+    return data

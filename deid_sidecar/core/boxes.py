@@ -10,7 +10,8 @@ FloatArray = npt.NDArray[np.float32]
 
 def area(xyxy: FloatArray) -> FloatArray:
     wh = np.clip(xyxy[:, 2:4] - xyxy[:, 0:2], 0, None)
-    return (wh[:, 0] * wh[:, 1]).astype(np.float32)
+    result: FloatArray = (wh[:, 0] * wh[:, 1]).astype(np.float32)
+    return result
 
 
 def iou_matrix(a: FloatArray, b: FloatArray) -> FloatArray:
@@ -22,7 +23,8 @@ def iou_matrix(a: FloatArray, b: FloatArray) -> FloatArray:
     wh = np.clip(bottom_right - top_left, 0, None)
     inter = wh[..., 0] * wh[..., 1]
     union = area(a)[:, None] + area(b)[None, :] - inter
-    return (inter / np.maximum(union, 1e-9)).astype(np.float32)
+    result: FloatArray = (inter / np.maximum(union, 1e-9)).astype(np.float32)
+    return result
 
 
 def nms(xyxy: FloatArray, scores: FloatArray, iou_threshold: float) -> npt.NDArray[np.intp]:

@@ -1,0 +1,147 @@
+"""`deid-sidecar run`: wires cameras, the HTTP server, go2rtc registration and MQTT; owns start and stop.
+
+Start-up order keeps the privacy promise: cameras start publishing at once with whole-frame
+masking, and get their detector only when its models are loaded.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+from typing import Any
+
+import aiohttp
+from aiohttp import web
+
+from deid_sidecar.config import Config
+from deid_sidecar.core.detections import Label
+from deid_sidecar.engine.live import CameraPipeline
+from deid_sidecar.engine.observer import FrameObserver
+from deid_sidecar.errors import UserError
+from deid_sidecar.web.server import build_app
+
+log = logging.getLogger(__name__)
+
+#: Seconds allowed for a clean stop before the process exits anyway.
+STOP_TIMEOUT_S = 8.0
+
+
+def _secret(value: Any) -> str | None:
+    return value.get_secret_value() if value is not None else None
+
+
+def build_pipelines(config: Config, observer: FrameObserver | None) -> dict[str, CameraPipeline]:
+    return {
+        name: CameraPipeline(name, camera, config, detector=None, observer=observer)
+        for name, camera in config.cameras.items()
+        if camera.enabled
+    }
+
+
+def _load_detectors(config: Config, pipelines: dict[str, CameraPipeline]) -> None:
+    """Runs in a worker thread: model loading takes seconds and must not delay the streams."""
+    from deid_sidecar.detect.detector import build_detector
+
+    for name, pipeline in pipelines.items():
+        labels = {Label.parse(kind) for kind in config.cameras[name].protect}
+        pipeline.set_detector(build_detector(config, labels))
+        log.info("%s: detector ready (%s)", name, ", ".join(sorted(label.key for label in labels)))
+
+
+class App:
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.events: Any = None
+        if config.mqtt.enabled:
+            from deid_sidecar.events.mqtt import MqttEvents
+
+            self.events = MqttEvents(config)
+        self.pipelines = build_pipelines(config, self.events)
+        self._tasks: list[asyncio.Task[Any]] = []
+        self._registrar: Any = None
+        self._session: aiohttp.ClientSession | None = None
+
+    async def run(self, stop: asyncio.Event) -> None:
+        loop = asyncio.get_running_loop()
+        server = self.config.server
+        web_app = build_app(self.pipelines, _secret(server.token), _secret(server.stream_token))
+        runner = web.AppRunner(web_app, access_log=None)
+        await runner.setup()
+        site = web.TCPSite(runner, server.host, server.port)
+        try:
+            await site.start()
+        except OSError as exc:
+            await runner.cleanup()
+            raise UserError(f"cannot listen on {server.host}:{server.port}: {exc.strerror}") from None
+        self._start_events()
+        for pipeline in self.pipelines.values():
+            pipeline.start()
+        self._announce()
+        detectors = loop.run_in_executor(None, _load_detectors, self.config, self.pipelines)
+        if self.config.go2rtc.register_streams:
+            await self._start_registrar()
+        try:
+            await stop.wait()
+        finally:
+            await self._shutdown(runner, detectors)
+
+    def _start_events(self) -> None:
+        if self.events is None:
+            return
+        from deid_sidecar.events.control import PipelineControl
+
+        self.events.set_control(PipelineControl(self.pipelines, self.config))
+        self.events.start()
+
+    async def _start_registrar(self) -> None:
+        from deid_sidecar.outputs.go2rtc import registrar_for
+
+        self._session = aiohttp.ClientSession()
+        self._registrar = registrar_for(self.config, self._session)
+        self._tasks.append(asyncio.create_task(self._registrar.run(), name="go2rtc-registrar"))
+
+    def _announce(self) -> None:
+        server = self.config.server
+        host = "localhost" if server.host in ("0.0.0.0", "127.0.0.1", "::") else server.host  # noqa: S104
+        log.info("status page: http://%s:%d/", host, server.port)
+        for pipeline in self.pipelines.values():
+            log.info("%s: anonymized stream at http://%s:%d/streams/%s.ts", pipeline.name, host,
+                     server.port, pipeline.output)  # fmt: skip
+
+    async def _shutdown(self, runner: web.AppRunner, detectors: asyncio.Future[None]) -> None:
+        log.info("stopping")
+        loop = asyncio.get_running_loop()
+        if self._registrar is not None:
+            await self._registrar.close(remove=self.config.go2rtc.remove_on_exit)
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self._session is not None:
+            await self._session.close()
+        await asyncio.gather(
+            *(loop.run_in_executor(None, p.stop) for p in self.pipelines.values()), return_exceptions=True
+        )
+        if self.events is not None:
+            await loop.run_in_executor(None, self.events.stop)
+        await runner.cleanup()
+        with contextlib.suppress(Exception):
+            detectors.cancel()
+
+
+async def _main(config: Config) -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, stop.set)
+    app = App(config)
+    await app.run(stop)
+
+
+def run_app(config: Config) -> int:
+    if not config.cameras:
+        raise UserError("the config has no cameras")
+    logging.getLogger().setLevel(config.log_level.upper())
+    asyncio.run(_main(config))
+    return 0

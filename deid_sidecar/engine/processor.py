@@ -1,0 +1,185 @@
+"""Decides, for each frame, what gets masked, and masks it: the privacy core shared by live and file mode.
+
+Per frame: detect (when scheduled) -> track -> union of raw detections and coasting tracks ->
+optional look-ahead buffer (back-fills objects first seen later) -> anonymize.
+
+FAIL CLOSED: a frame is masked WHOLE when there is no detection to vouch for it: before the first
+detection, after a reconnect until the next one, when the detector raised or ran past its budget,
+when the newest detection is older than the budget, and when detection is switched off.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
+from dataclasses import dataclass
+
+import numpy as np
+
+from deid_sidecar.anonymize.masks import Anonymizer, ZoneMasker, mask_whole_frame
+from deid_sidecar.config import PrivacyConfig, WholeFrameMask
+from deid_sidecar.core.detections import Detections
+from deid_sidecar.core.image import Image
+from deid_sidecar.detect.base import Detector
+from deid_sidecar.track.policy import DelayBuffer, DetectionScheduler
+from deid_sidecar.track.scenecut import SceneCutDetector
+from deid_sidecar.track.tracker import Tracker
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class FrameWork:
+    """A frame on its way through the processor."""
+
+    image: Image
+    t: float
+    index: int
+    whole_frame: bool  # no detection vouches for this frame: hide all of it
+
+
+@dataclass(frozen=True)
+class Processed:
+    """A frame ready to encode: `image` is anonymized, `objects` is what was masked (track ids set)."""
+
+    image: Image
+    t: float
+    index: int
+    objects: Detections
+    whole_frame: bool
+
+
+@dataclass
+class ProcessorCounters:
+    detections_run: int = 0
+    detector_errors: int = 0
+    detector_timeouts: int = 0
+    frames_masked_whole: int = 0
+    objects_masked: int = 0
+    detect_ms: float = 0.0  # moving average of one detector call
+
+
+class FrameProcessor:
+    def __init__(
+        self,
+        detector: Detector | None,
+        privacy: PrivacyConfig,
+        anonymizer: Anonymizer,
+        zones: ZoneMasker,
+        *,
+        realtime: bool,
+        lookahead_frames: int | None = None,
+    ) -> None:
+        """`realtime`: detection has a time budget (live); file mode waits for every detection.
+
+        `lookahead_frames` (file mode) replaces `privacy.delay_ms` with a look-ahead in frames.
+        """
+        self.detector = detector
+        self.privacy = privacy
+        self.anonymizer = anonymizer
+        self.zones = zones
+        self.realtime = realtime
+        self.detection_enabled = True
+        self.masking_enabled = True
+        self.tracker = Tracker(hold_s=privacy.hold_s)
+        self.scheduler = DetectionScheduler(every=privacy.detect_every or 1)
+        self.scene_cuts = SceneCutDetector()
+        if lookahead_frames is not None:
+            self.delay: DelayBuffer[FrameWork] = DelayBuffer(
+                delay_s=float("inf"), backfill_s=float("inf"), max_frames=lookahead_frames
+            )
+        else:
+            self.delay = DelayBuffer(delay_s=privacy.delay_ms / 1000.0)
+        self.counters = ProcessorCounters()
+        self._budget_s = privacy.detect_budget_ms / 1000.0
+        self._last_detect_t: float | None = None
+        self._generation: int | None = None
+        self._executor = ThreadPoolExecutor(1, thread_name_prefix="detect")
+        self._inflight: Future[Detections] | None = None
+
+    def close(self) -> None:
+        self._executor.shutdown(wait=False, cancel_futures=True)
+
+    @property
+    def degraded(self) -> bool:
+        """True while frames are being masked whole (shown as `degraded` in status)."""
+        return self._last_detect_t is None or not self.detection_enabled
+
+    def process(self, image: Image, t: float, index: int, generation: int = 0) -> list[Processed]:
+        """Take one frame; return the frames now ready to publish (none while the look-ahead fills)."""
+        if generation != self._generation:
+            self._restart(generation)
+        whole_frame, mask, born = self._decide(image, t, index)
+        work = FrameWork(image, t, index, whole_frame)
+        return [self._finish(p.payload, p.mask) for p in self.delay.push(work, t, mask, born)]
+
+    def drain(self) -> list[Processed]:
+        """Release every held frame (end of file, shutdown)."""
+        return [self._finish(p.payload, p.mask) for p in self.delay.drain()]
+
+    def _restart(self, generation: int) -> None:
+        """A new stream (or its first frame): nothing known about it may vouch for its frames."""
+        self._generation = generation
+        self.tracker.reset()
+        self.scheduler.reset()
+        self._last_detect_t = None
+
+    def _decide(self, image: Image, t: float, index: int) -> tuple[bool, Detections, Detections]:
+        """(mask whole frame?, objects to mask, objects first seen on this frame)."""
+        if self.detector is None or not self.detection_enabled:
+            return True, Detections.empty(), Detections.empty()
+        scene_cut = self.scene_cuts.update(image)
+        if scene_cut:
+            self.tracker.reset()
+        if self.scheduler.should_detect(index, scene_cut=scene_cut):
+            raw = self._run_detector(image)
+            if raw is not None:
+                self._last_detect_t = t
+                tracked = self.tracker.update(raw, t)
+                born = tracked[np.isin(tracked.track_id, list(self.tracker.new_track_ids()))]
+                self.scheduler.note_new_tracks(len(born))
+                return False, Detections.merge([tracked, self.tracker.coasting(t)]), born
+        stale = self._last_detect_t is None or t - self._last_detect_t > self._budget_s
+        return stale, self.tracker.predict(t), Detections.empty()
+
+    def _run_detector(self, image: Image) -> Detections | None:
+        """Detections for `image`, or None when the detector failed or ran past its budget."""
+        assert self.detector is not None
+        if self._inflight is not None:
+            if not self._inflight.done():
+                return None  # still busy with an earlier frame that ran over budget
+            self._inflight = None  # that late result belongs to an old frame: discard it
+        started = time.perf_counter()
+        future = self._executor.submit(self.detector.detect, image)
+        try:
+            result = future.result(timeout=self._budget_s if self.realtime else None)
+        except FutureTimeout:
+            self._inflight = future
+            self.counters.detector_timeouts += 1
+            log.warning("detector ran past its %.0f ms budget: masking whole frames", self._budget_s * 1000)
+            return None
+        except Exception:
+            self.counters.detector_errors += 1
+            log.exception("detector failed: masking the whole frame")
+            return None
+        elapsed_ms = (time.perf_counter() - started) * 1000.0
+        c = self.counters
+        c.detections_run += 1
+        c.detect_ms = elapsed_ms if c.detections_run == 1 else 0.8 * c.detect_ms + 0.2 * elapsed_ms
+        return result
+
+    def _finish(self, work: FrameWork, mask: Detections) -> Processed:
+        image = work.image
+        if not self.masking_enabled:
+            return Processed(self.zones.apply(image), work.t, work.index, mask, False)
+        if work.whole_frame:
+            self.counters.frames_masked_whole += 1
+            how = self.privacy.whole_frame
+            mask_whole_frame(image, how if isinstance(how, WholeFrameMask) else WholeFrameMask(how))
+        else:
+            self.anonymizer.apply(image, mask)
+            self.counters.objects_masked += len(mask)
+        self.zones.apply(image)
+        return Processed(image, work.t, work.index, mask, work.whole_frame)

@@ -1,0 +1,172 @@
+"""One thread per camera that demuxes and decodes with PyAV and keeps only the newest frame.
+
+The consumer never waits for a backlog: `LatestFrame` holds one frame, and a frame the consumer
+did not take before the next one arrived is counted as dropped. Opens and reads have timeouts,
+reconnects step back (1 s x5, 5 s, 10 s, then 30 s), and a generation counter tells the consumer
+that the stream restarted (its tracks and timestamps no longer apply).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import deque
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import av
+
+from deid_sidecar.core.image import Image, as_image
+from deid_sidecar.sources.spec import OPEN_TIMEOUT_S, READ_TIMEOUT_S, SourceSpec
+from deid_sidecar.stats import CameraStats
+
+log = logging.getLogger(__name__)
+
+#: Reconnect delays in seconds; the last one repeats.
+BACKOFF_S = (1.0, 1.0, 1.0, 1.0, 1.0, 5.0, 10.0, 30.0)
+#: FFmpeg diagnostic lines kept per camera, printed when the camera fails.
+DIAGNOSTIC_LINES = 20
+
+
+@dataclass(frozen=True)
+class Frame:
+    image: Image  # BGR, already scaled to the output size
+    t: float  # time.monotonic() when decoded
+    index: int  # counts frames across reconnects
+    generation: int  # increments on every (re)connect
+
+
+class LatestFrame:
+    """A one-slot mailbox: the newest frame wins."""
+
+    def __init__(self) -> None:
+        self._frame: Frame | None = None
+        self._cond = threading.Condition()
+
+    def put(self, frame: Frame) -> bool:
+        """Store `frame`; returns True when an untaken frame was overwritten (a drop)."""
+        with self._cond:
+            dropped = self._frame is not None
+            self._frame = frame
+            self._cond.notify_all()
+            return dropped
+
+    def take(self, timeout: float) -> Frame | None:
+        with self._cond:
+            if self._frame is None:
+                self._cond.wait(timeout)
+            frame, self._frame = self._frame, None
+            return frame
+
+
+def output_size(width: int, height: int, target_height: int | None) -> tuple[int, int]:
+    """Scale to `target_height` keeping aspect; both sides even (yuv420p needs it)."""
+    if target_height is None:
+        return width - width % 2, height - height % 2
+    new_w = round(width * target_height / height)
+    return new_w - new_w % 2, target_height - target_height % 2
+
+
+class FrameReader:
+    """Decodes `spec` in a daemon thread into `mailbox` until `stop()`."""
+
+    def __init__(
+        self,
+        spec: SourceSpec,
+        mailbox: LatestFrame,
+        stats: CameraStats,
+        target_height: int | None = None,
+    ) -> None:
+        self.spec = spec
+        self.mailbox = mailbox
+        self.stats = stats
+        self.target_height = target_height
+        self.generation = 0
+        self.diagnostics: deque[str] = deque(maxlen=DIAGNOSTIC_LINES)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name=f"reader-{stats.name}", daemon=True)
+        self._index = 0
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self, timeout: float = 5.0) -> None:
+        self._stop.set()
+        self._thread.join(timeout)
+
+    def _run(self) -> None:
+        failures = 0
+        while not self._stop.is_set():
+            self.generation += 1
+            try:
+                for frame in self._frames():
+                    failures = 0
+                    if self.mailbox.put(frame):
+                        with self.stats.lock:
+                            self.stats.frames_dropped += 1
+                if self.spec.loop and not self._stop.is_set():
+                    continue  # a looping file restarts at once
+                if not self.spec.is_live:
+                    log.info("%s: end of %s", self.stats.name, self.spec.display)
+                    return
+                raise EOFError("stream ended")
+            except (av.FFmpegError, OSError, EOFError, ValueError) as exc:
+                if self._stop.is_set():
+                    return
+                self._note_failure(exc)
+            delay = BACKOFF_S[min(failures, len(BACKOFF_S) - 1)]
+            failures += 1
+            self._stop.wait(delay)
+
+    def _note_failure(self, exc: Exception) -> None:
+        message = str(exc).replace(self.spec.url, self.spec.display)
+        self.diagnostics.append(message)
+        with self.stats.lock:
+            self.stats.reconnects += 1
+            self.stats.last_error = message
+        log.warning("%s: %s failed: %s; reconnecting", self.stats.name, self.spec.display, message)
+
+    def _frames(self) -> Iterator[Frame]:
+        container = av.open(
+            self.spec.url,
+            format=self.spec.format,
+            options=self.spec.options,
+            timeout=(OPEN_TIMEOUT_S, READ_TIMEOUT_S),
+        )
+        try:
+            stream = container.streams.video[0]
+            # Slice threading: frame threading adds one frame of delay per thread.
+            stream.thread_type = "SLICE"
+            pacer = _Pacer() if self.spec.realtime else None
+            for frame in container.decode(stream):
+                if self._stop.is_set():
+                    return
+                if pacer is not None and frame.time is not None:
+                    pacer.wait(frame.time, self._stop)
+                width, height = output_size(frame.width, frame.height, self.target_height)
+                image = as_image(frame.to_ndarray(format="bgr24", width=width, height=height))
+                self._index += 1
+                now = time.monotonic()
+                with self.stats.lock:
+                    self.stats.frames_in += 1
+                    self.stats.last_frame_time = now
+                self.stats.fps_in.tick(now)
+                yield Frame(image, now, self._index, self.generation)
+        finally:
+            container.close()
+
+
+class _Pacer:
+    """Releases file frames at their presentation times, as a camera would deliver them."""
+
+    def __init__(self) -> None:
+        self._origin: tuple[float, float] | None = None
+
+    def wait(self, media_time: float, stop: threading.Event) -> None:
+        now = time.monotonic()
+        if self._origin is None or media_time < self._origin[1]:
+            self._origin = (now, media_time)
+        due = self._origin[0] + (media_time - self._origin[1])
+        if due > now:
+            stop.wait(due - now)
