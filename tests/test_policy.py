@@ -233,3 +233,11 @@ def test_scene_cut_detector() -> None:
     assert detector.update(scene(2)) is True
     assert detector.update(scene(2)) is False
     assert detector.update(np.zeros((360, 640, 3), np.uint8)) is True
+
+
+def test_births_are_forgotten_once_no_older_frame_is_held() -> None:
+    buffer: DelayBuffer[int] = DelayBuffer(float("inf"), backfill_s=float("inf"), max_frames=3)
+    for i in range(20):
+        mask = face(10.0 * i, 100 + i)  # a new one-frame track every frame, never seen again
+        buffer.push(i, i * DT, mask, born=mask)
+    assert len(buffer._births) <= 4

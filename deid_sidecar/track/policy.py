@@ -170,8 +170,8 @@ class DelayBuffer(Generic[T]):
                 first = birth.row.xyxy[0].astype(np.float64)
                 velocity = (mask.xyxy[hit[0]].astype(np.float64) - first) / dt
                 self._backfill(birth.row, birth.t, velocity)
-            elif t - birth.t <= self.backfill_s:
-                keep.append(birth)
+            elif t - birth.t <= self.backfill_s and self._held and self._held[0].t < birth.t:
+                keep.append(birth)  # still frames before its birth to fill (backfill_s may be infinite)
         self._births = keep
 
     def _backfill(self, row: Detections, t_birth: float, velocity: np.ndarray | None) -> None:
