@@ -1,0 +1,145 @@
+"""ONNX detectors: a session plus an adapter behind the `Detector` contract, and several merged as one."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from deid_sidecar.config import Config, DetectorConfig
+from deid_sidecar.core.boxes import clip
+from deid_sidecar.core.detections import Detections, Label
+from deid_sidecar.detect import runtime
+from deid_sidecar.detect.adapters import (
+    Adapter,
+    CenterFaceAdapter,
+    RetinaPlateAdapter,
+    ScrfdAdapter,
+    YoloAdapter,
+)
+from deid_sidecar.detect.base import Image
+from deid_sidecar.errors import ConfigError
+from deid_sidecar.models.registry import AdapterName, ModelSpec, get_model, model_path
+
+log = logging.getLogger(__name__)
+
+AdapterFactory = Callable[[Label, "tuple[int, int] | None"], Adapter]
+
+_ADAPTERS: dict[AdapterName, AdapterFactory] = {
+    "centerface": lambda label, _size: CenterFaceAdapter(label=label),
+    "yolo": lambda label, size: YoloAdapter(label=label, fixed_size=size),
+    "scrfd": lambda label, size: ScrfdAdapter(label=label, fixed_size=size),
+    "retinaplate": lambda label, _size: RetinaPlateAdapter(label=label),
+}
+
+
+def fixed_input_size(session: Any) -> tuple[int, int] | None:
+    """(w, h) when the model's input has static H and W, else None."""
+    shape = session.get_inputs()[0].shape
+    height, width = shape[2], shape[3]
+    if isinstance(height, int) and isinstance(width, int):
+        return width, height
+    return None
+
+
+def make_adapter(spec: ModelSpec, session: Any, label: Label | None = None) -> Adapter:
+    return _ADAPTERS[spec.adapter](label if label is not None else spec.task, fixed_input_size(session))
+
+
+class OnnxDetector:
+    """One model: prepare -> onnxruntime -> decode. Safe to call from several threads."""
+
+    def __init__(
+        self,
+        spec: ModelSpec,
+        session: Any,
+        threshold: float,
+        input_width: int,
+        label: Label | None = None,
+    ) -> None:
+        self.spec = spec
+        self.session = session
+        self.threshold = threshold
+        self.input_width = input_width
+        self.adapter = make_adapter(spec, session, label)
+        self.input_name: str = session.get_inputs()[0].name
+        #: Wall time of the last inference alone (ms), for stats.
+        self.last_inference_ms = 0.0
+
+    def detect(self, image: Image) -> Detections:
+        tensor, meta = self.adapter.prepare(image, self.input_width)
+        started = time.perf_counter()
+        outputs = self.session.run(None, {self.input_name: tensor})
+        self.last_inference_ms = (time.perf_counter() - started) * 1000.0
+        found = self.adapter.decode(outputs, meta, self.threshold)
+        if not len(found):
+            return found
+        height, width = image.shape[:2]
+        return Detections(
+            clip(found.xyxy, width, height), found.confidence, found.label, keypoints=found.keypoints
+        )
+
+    def warm_up(self) -> None:
+        """One inference on a blank frame, so the first real frame does not pay for allocation."""
+        height = max(32, self.input_width * 9 // 16)
+        self.detect(np.zeros((height, self.input_width, 3), np.uint8))
+
+
+class MultiDetector:
+    """Runs several detectors on the same frame and merges what they find."""
+
+    def __init__(self, detectors: Iterable[OnnxDetector]) -> None:
+        self.detectors: Sequence[OnnxDetector] = tuple(detectors)
+
+    def detect(self, image: Image) -> Detections:
+        return Detections.merge(detector.detect(image) for detector in self.detectors)
+
+    def last_inference_ms(self) -> dict[str, float]:
+        """Model id -> the last inference time in milliseconds."""
+        return {d.spec.id: d.last_inference_ms for d in self.detectors}
+
+    @property
+    def labels(self) -> set[Label]:
+        return {d.adapter.label for d in self.detectors}
+
+
+def load_detector(
+    label: Label, settings: DetectorConfig, models_dir: Path, providers: Sequence[str], threads: int
+) -> OnnxDetector:
+    """Load, check and warm up the model configured for one label."""
+    spec = get_model(settings.model)
+    if spec.task is not label:
+        raise ConfigError(
+            f"detection.{label.key}.model: {spec.id!r} detects {spec.task.key}, not {label.key}"
+        )
+    path = model_path(models_dir, spec.id)  # ModelMissingError names the fetch command
+    session = runtime.shared_session(path, providers, threads)
+    detector = OnnxDetector(spec, session, settings.threshold, settings.input_width, label)
+    detector.warm_up()
+    log.info(
+        "%s: %s loaded (threshold %.2f, input width %d)",
+        label.key,
+        spec.id,
+        settings.threshold,
+        settings.input_width,
+    )
+    return detector
+
+
+def build_detector(config: Config, protect: set[Label]) -> MultiDetector:
+    """The detectors for `protect`, as configured in `config.detection`."""
+    detection = config.detection
+    detectors = []
+    for label in sorted(protect):
+        settings: DetectorConfig = getattr(detection, label.key)
+        if not settings.enabled:
+            # Protecting something nobody looks for would pass it through in the clear.
+            raise ConfigError(f"detection.{label.key}.enabled is false, but a camera protects {label.key}")
+        detectors.append(
+            load_detector(label, settings, Path(config.models_dir), detection.providers, detection.threads)
+        )
+    return MultiDetector(detectors)
