@@ -107,6 +107,15 @@ class _HttpApi:
         self._session = session
         self._warned_not_persisted = False
 
+    @property
+    def auth_headers(self) -> dict[str, str]:
+        """Headers carrying the credentials (for callers streaming their own requests, e.g. push)."""
+        return dict(self._headers)
+
+    def mask(self, text: str) -> str:
+        """`text` with URL credentials and this client's password masked."""
+        return mask_secrets(text, self._secret)
+
     async def _request(self, method: str, path: str, query: str = "") -> tuple[int, str]:
         url = URL(f"{self.base_url}{path}" + (f"?{query}" if query else ""), encoded=True)
         timeout = aiohttp.ClientTimeout(total=REQUEST_TIMEOUT_S)
@@ -114,14 +123,11 @@ class _HttpApi:
             async with self._session.request(method, url, headers=self._headers, timeout=timeout) as response:
                 return response.status, await response.text()
         except (aiohttp.ClientError, TimeoutError, OSError) as exc:
-            reason = self._mask(f"{type(exc).__name__}: {exc}")
+            reason = self.mask(f"{type(exc).__name__}: {exc}")
             raise Go2rtcUnreachable(f"{self.describe} unreachable ({reason})") from None
 
-    def _mask(self, text: str) -> str:
-        return mask_secrets(text, self._secret)
-
     def _fail(self, action: str, status: int, body: str) -> Go2rtcError:
-        message = self._mask(body.strip()[:300]) or f"HTTP {status}"
+        message = self.mask(body.strip()[:300]) or f"HTTP {status}"
         if status == 401:
             message += " (set go2rtc.username and go2rtc.password)"
         return Go2rtcError(f"{self.describe}: {action} failed: {status} {message}")
