@@ -31,7 +31,7 @@ from deid_sidecar.stats import CameraStats
 log = logging.getLogger(__name__)
 
 #: Without a new frame for this long the camera counts as offline and the slate is shown.
-OFFLINE_AFTER_S = 2.0
+OFFLINE_AFTER_S = 1.5
 #: How often stats go to the observer (MQTT) and the log.
 STATS_INTERVAL_S = 5.0
 #: Output size used for the slate before the camera ever delivered a frame.
@@ -70,6 +70,8 @@ class CameraPipeline:
         self.mailbox = LatestFrame()
         self.reader = FrameReader(self.spec, self.mailbox, self.stats, camera.output.height)
         self._anonymize_config = config.anonymize
+        self._zones = list(camera.zones)
+        self._invert_zones = camera.invert_zones
         anonymizer = Anonymizer.from_config(config.anonymize, camera.method)
         self.processor = FrameProcessor(
             detector,
@@ -87,7 +89,7 @@ class CameraPipeline:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name=f"camera-{name}", daemon=True)
         self._t0 = time.monotonic()
-        self._last_pts = -1
+        self._last_slot = -1
         self._slate: Image | None = None
 
     # --- lifecycle -------------------------------------------------------------------------------
@@ -116,13 +118,21 @@ class CameraPipeline:
     # --- controls (web, MQTT) --------------------------------------------------------------------
 
     def set_method(self, method: Method) -> None:
-        anonymizer = Anonymizer.from_config(self._anonymize_config, method)
-        self.processor.anonymizer = anonymizer
-        self.processor.zones = ZoneMasker(self.camera.zones, self.camera.invert_zones, anonymizer)
+        self.processor.anonymizer = Anonymizer.from_config(self._anonymize_config, method)
+        self._rebuild_zones()
 
     def set_zones(self, zones: list[Zone], invert: bool | None = None) -> None:
-        invert = self.camera.invert_zones if invert is None else invert
-        self.processor.zones = ZoneMasker(zones, invert, self.processor.anonymizer)
+        self._zones = list(zones)
+        if invert is not None:
+            self._invert_zones = invert
+        self._rebuild_zones()
+
+    @property
+    def zones(self) -> list[Zone]:
+        return list(self._zones)
+
+    def _rebuild_zones(self) -> None:
+        self.processor.zones = ZoneMasker(self._zones, self._invert_zones, self.processor.anonymizer)
 
     def set_detection(self, enabled: bool) -> None:
         """Detection off masks whole frames (a privacy shutter), it never lets clear video out."""
@@ -134,10 +144,13 @@ class CameraPipeline:
 
     # --- worker ----------------------------------------------------------------------------------
 
+    def _slot(self, t: float) -> int:
+        """Output frame number for time `t`: timestamps sit on a regular 1/fps grid."""
+        return round((t - self._t0) * self.fps)
+
     def _run(self) -> None:
         interval = 1.0 / self.fps
-        next_due = time.monotonic()
-        next_stats = next_due + STATS_INTERVAL_S
+        next_stats = time.monotonic() + STATS_INTERVAL_S
         while not self._stop.is_set():
             frame = self.mailbox.take(timeout=interval)
             now = time.monotonic()
@@ -147,11 +160,10 @@ class CameraPipeline:
             if frame is None:
                 self._maybe_slate(now, interval)
                 continue
-            if frame.t < next_due - interval / 2:
+            if self._slot(frame.t) <= self._last_slot:
                 with self.stats.lock:
-                    self.stats.frames_dropped += 1  # faster than the output fps
+                    self.stats.frames_dropped += 1  # the camera is faster than the output fps
                 continue
-            next_due = max(next_due + interval, frame.t)
             try:
                 self._process(frame.image, frame.t, frame.index, frame.generation)
             except Exception:  # one bad frame must never stop the camera or leak: drop it
@@ -189,8 +201,8 @@ class CameraPipeline:
         encoder = self._encoder_for(image)
         if image.shape[:2] != (encoder.height, encoder.width):
             image = as_image(cv2.resize(image, (encoder.width, encoder.height), interpolation=cv2.INTER_AREA))
-        pts = max(self._last_pts + 1, round((t - self._t0) * TICKS_PER_S))
-        self._last_pts = pts
+        self._last_slot = max(self._last_slot + 1, self._slot(t))
+        pts = round(self._last_slot * TICKS_PER_S / self.fps)
         started = time.perf_counter()
         packets = encoder.encode(image, pts)
         self.stats.record_stage("encode", time.perf_counter() - started)

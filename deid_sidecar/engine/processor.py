@@ -135,12 +135,15 @@ class FrameProcessor:
             self.tracker.reset()
         if self.scheduler.should_detect(index, scene_cut=scene_cut):
             raw = self._run_detector(image)
-            if raw is not None:
-                self._last_detect_t = t
-                tracked = self.tracker.update(raw, t)
-                born = tracked[np.isin(tracked.track_id, list(self.tracker.new_track_ids()))]
-                self.scheduler.note_new_tracks(len(born))
-                return False, Detections.merge([tracked, self.tracker.coasting(t)]), born
+            if raw is None:
+                # Due for detection but none came: only the whole mask is safe (a new object
+                # may have appeared that no track predicts).
+                return True, self.tracker.predict(t), Detections.empty()
+            self._last_detect_t = t
+            tracked = self.tracker.update(raw, t)
+            born = tracked[np.isin(tracked.track_id, list(self.tracker.new_track_ids()))]
+            self.scheduler.note_new_tracks(len(born))
+            return False, Detections.merge([tracked, self.tracker.coasting(t)]), born
         stale = self._last_detect_t is None or t - self._last_detect_t > self._budget_s
         return stale, self.tracker.predict(t), Detections.empty()
 

@@ -34,8 +34,6 @@ class PipelineControl:
     def __init__(self, pipelines: Mapping[str, Pipeline], config: Config) -> None:
         self._pipelines = pipelines
         self._config = config
-        # Zones set at runtime: re-applied after a method change (the pipeline rebuilds its zone masker).
-        self._zones: dict[str, list[Zone]] = {}
 
     def set_privacy(self, camera: str, on: bool) -> bool:
         pipeline = self._pipelines.get(camera)
@@ -52,16 +50,13 @@ class PipelineControl:
         if pipeline is None:
             return False
         pipeline.set_zones(list(zones))
-        self._zones[camera] = list(zones)
         return True
 
     def set_method(self, camera: str, method: Method) -> bool:
         pipeline = self._pipelines.get(camera)
         if pipeline is None:
             return False
-        pipeline.set_method(method)
-        if camera in self._zones:
-            pipeline.set_zones(self._zones[camera])
+        pipeline.set_method(method)  # the pipeline keeps its current zones
         return True
 
     def set_detection(self, camera: str, on: bool) -> bool:

@@ -1,0 +1,192 @@
+"""Helpers for end-to-end tests of the live pipeline: a synthetic clip whose only detail is a
+"secret" checkerboard, a detector that finds exactly that detail, a real RTSP camera process,
+the sidecar's HTTP server in a thread, and a PyAV reader of the published stream.
+
+Leak check: the background is a smooth gradient, so ANY high-frequency energy in an output frame
+means the checkerboard (the thing that must be hidden) came through.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import subprocess
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import av
+import cv2
+import numpy as np
+from aiohttp import web
+
+from deid_sidecar.core.detections import Detections, Label
+from deid_sidecar.engine.live import CameraPipeline
+from deid_sidecar.web.server import build_app
+
+SIZE = (320, 240)
+PATCH = 48
+CELL = 4
+#: Mean |image - blurred image| over a 16x16 block above which the block carries the secret's detail.
+DETAIL_THRESHOLD = 12.0
+SYSTEM_PYTHON = "/usr/bin/python3"  # Debian's, with the GObject bindings for GStreamer
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def background() -> np.ndarray:
+    x = np.linspace(40, 200, SIZE[0], dtype=np.float32)
+    y = np.linspace(0, 40, SIZE[1], dtype=np.float32)
+    grey = (x[None, :] + y[:, None]).astype(np.uint8)
+    return np.ascontiguousarray(np.repeat(grey[..., None], 3, axis=2))
+
+
+def checkerboard() -> np.ndarray:
+    cells = (np.indices((PATCH, PATCH)) // CELL).sum(axis=0) % 2
+    return np.repeat((cells * 255).astype(np.uint8)[..., None], 3, axis=2)
+
+
+def frame_with_secret(index: int) -> np.ndarray:
+    frame = background()
+    x = 10 + (index * 4) % (SIZE[0] - PATCH - 20)
+    frame[90 : 90 + PATCH, x : x + PATCH] = checkerboard()
+    return frame
+
+
+def write_clip(path: Path, seconds: float, fps: int = 15) -> Path:
+    with av.open(str(path), "w") as out:
+        stream = out.add_stream("libx264", rate=fps)
+        stream.width, stream.height, stream.pix_fmt = SIZE[0], SIZE[1], "yuv420p"
+        stream.options = {"crf": "12", "bf": "0", "g": str(fps), "preset": "veryfast"}
+        for i in range(int(seconds * fps)):
+            for packet in stream.encode(av.VideoFrame.from_ndarray(frame_with_secret(i), format="bgr24")):
+                out.mux(packet)
+        for packet in stream.encode(None):
+            out.mux(packet)
+    return path
+
+
+def detail_map(image: np.ndarray) -> np.ndarray:
+    grey = cv2.cvtColor(image, cv2.COLOR_BGR2GRAY).astype(np.float32)
+    high = np.abs(grey - cv2.GaussianBlur(grey, (0, 0), 2.0))
+    h, w = (grey.shape[0] // 16) * 16, (grey.shape[1] // 16) * 16
+    return high[:h, :w].reshape(h // 16, 16, w // 16, 16).mean(axis=(1, 3))
+
+
+def is_slate(image: np.ndarray) -> bool:
+    """The sidecar's "camera offline" frame: flat dark grey with a line of text."""
+    return bool(abs(float(np.median(image)) - 32) <= 2)
+
+
+def leaks(image: np.ndarray) -> bool:
+    return not is_slate(image) and bool(detail_map(image).max() > DETAIL_THRESHOLD)
+
+
+class SecretDetector:
+    """Finds the checkerboard: the blocks with high-frequency detail, as one box."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def detect(self, image: np.ndarray) -> Detections:
+        self.calls += 1
+        blocks = np.argwhere(detail_map(image) > DETAIL_THRESHOLD / 2)
+        if not len(blocks):
+            return Detections.empty()
+        (y1, x1), (y2, x2) = blocks.min(axis=0) * 16, (blocks.max(axis=0) + 1) * 16
+        return Detections.from_boxes([(x1, y1, x2, y2)], Label.FACE, 0.9)
+
+
+class FlakyDetector(SecretDetector):
+    """Raises on some calls and stalls past any budget on others."""
+
+    def __init__(self, fail_every: int = 3, stall_every: int = 7, stall_s: float = 1.5) -> None:
+        super().__init__()
+        self.fail_every, self.stall_every, self.stall_s = fail_every, stall_every, stall_s
+
+    def detect(self, image: np.ndarray) -> Detections:
+        self.calls += 1
+        if self.calls % self.fail_every == 0:
+            raise RuntimeError("injected detector fault")
+        if self.calls % self.stall_every == 0:
+            time.sleep(self.stall_s)
+        self.calls -= 1  # the parent counts again
+        return super().detect(image)
+
+
+class RtspCamera:
+    """Debian's GStreamer RTSP server serving `clip` at rtsp://127.0.0.1:PORT/cam."""
+
+    def __init__(self, clip: Path, port: int | None = None) -> None:
+        self.clip = clip
+        self.port = port or free_port()
+        self.process: subprocess.Popen[str] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"rtsp://127.0.0.1:{self.port}/cam"
+
+    def start(self) -> RtspCamera:
+        script = Path(__file__).with_name("rtsp_camera.py")
+        self.process = subprocess.Popen(
+            [SYSTEM_PYTHON, str(script), str(self.clip), str(self.port)], stdout=subprocess.PIPE, text=True
+        )
+        assert self.process.stdout is not None
+        line = self.process.stdout.readline()
+        assert line.strip() == "READY", f"RTSP camera did not start: {line!r}"
+        return self
+
+    def stop(self) -> None:
+        if self.process is not None:
+            self.process.kill()
+            self.process.wait(5)
+            self.process = None
+
+
+class ServerThread:
+    """The sidecar's HTTP server (streams, API) for `pipelines`, on its own event loop."""
+
+    def __init__(self, pipelines: dict[str, CameraPipeline], api_token: str | None = None) -> None:
+        self.port = free_port()
+        self.app = build_app(pipelines, api_token, None)
+        self._loop = asyncio.new_event_loop()
+        self._runner = web.AppRunner(self.app)
+        self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
+
+    def __enter__(self) -> ServerThread:
+        self._thread.start()
+        asyncio.run_coroutine_threadsafe(self._start(), self._loop).result(10)
+        return self
+
+    async def _start(self) -> None:
+        await self._runner.setup()
+        await web.TCPSite(self._runner, "127.0.0.1", self.port).start()
+
+    def __exit__(self, *exc: object) -> None:
+        asyncio.run_coroutine_threadsafe(self._runner.cleanup(), self._loop).result(10)
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(5)
+
+    def url(self, path: str) -> str:
+        return f"http://127.0.0.1:{self.port}{path}"
+
+
+def read_stream(
+    url: str, seconds: float, on_frame: Callable[[av.VideoFrame], None] | None = None
+) -> list[av.VideoFrame]:
+    """Decode the published MPEG-TS for `seconds` (wall clock) and return the frames."""
+    frames: list[av.VideoFrame] = []
+    deadline = time.monotonic() + seconds
+    with av.open(url, timeout=(10.0, 10.0)) as container:
+        for frame in container.decode(video=0):
+            frames.append(frame)
+            if on_frame is not None:
+                on_frame(frame)
+            if time.monotonic() > deadline:
+                break
+    return frames

@@ -1,0 +1,123 @@
+"""End to end: camera -> sidecar -> published MPEG-TS, decoded by PyAV like go2rtc would.
+
+Every published frame is checked for the secret's detail: zero may carry it, whatever the
+detector does (raise, stall, not loaded yet) and whatever the camera does (drop, come back).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from deid_sidecar.config import parse_config
+from deid_sidecar.engine.live import OFFLINE_AFTER_S, CameraPipeline
+from livekit import (
+    FlakyDetector,
+    RtspCamera,
+    SecretDetector,
+    ServerThread,
+    leaks,
+    read_stream,
+    write_clip,
+)
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def clip(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_clip(tmp_path_factory.mktemp("live") / "secret.mp4", seconds=8)
+
+
+def make_pipeline(source: str, detector: object, fps: float = 10, **privacy: object) -> CameraPipeline:
+    config = parse_config(
+        {
+            "anonymize": {"method": "blur"},
+            "privacy": privacy,
+            "cameras": {"cam": {"source": source, "loop": True, "output": {"fps": fps}}},
+        }
+    )
+    pipeline = CameraPipeline("cam", config.cameras["cam"], config)
+    if detector is not None:
+        pipeline.set_detector(detector)  # type: ignore[arg-type]
+    return pipeline
+
+
+@pytest.fixture
+def camera(clip: Path) -> Iterator[RtspCamera]:
+    cam = RtspCamera(clip).start()
+    yield cam
+    cam.stop()
+
+
+def test_file_camera_is_served_at_the_configured_fps_with_the_secret_masked(clip: Path) -> None:
+    pipeline = make_pipeline(f"file:{clip}", SecretDetector(), fps=10)
+    pipeline.start()
+    try:
+        with ServerThread({"cam": pipeline}) as server:
+            frames = read_stream(server.url("/streams/cam_anon.ts"), seconds=5)
+    finally:
+        pipeline.stop()
+    assert len(frames) >= 30
+    assert frames[0].key_frame, "a reader joins at a keyframe"
+    steps = {round(float(b.time - a.time), 2) for a, b in zip(frames, frames[1:], strict=False)}
+    assert steps <= {0.1, 0.09, 0.11}, f"10 fps output, got steps {steps}"
+    leaked = [i for i, f in enumerate(frames) if leaks(f.to_ndarray(format="bgr24"))]
+    assert not leaked, f"frames {leaked} carry the secret"
+
+
+def test_detector_faults_never_let_a_frame_out_unmasked(camera: RtspCamera) -> None:
+    pipeline = make_pipeline(camera.url, FlakyDetector(), fps=15, detect_budget_ms=300, detect_every=1)
+    pipeline.start()
+    try:
+        with ServerThread({"cam": pipeline}) as server:
+            frames = read_stream(server.url("/streams/cam_anon.ts"), seconds=6)
+    finally:
+        pipeline.stop()
+    assert len(frames) >= 40
+    leaked = [i for i, f in enumerate(frames) if leaks(f.to_ndarray(format="bgr24"))]
+    assert not leaked, f"frames {leaked} carry the secret"
+    counters = pipeline.processor.counters
+    assert counters.detector_errors > 0 and counters.frames_masked_whole > 0
+
+
+def test_frames_before_the_detector_is_ready_are_masked_whole(camera: RtspCamera) -> None:
+    pipeline = make_pipeline(camera.url, detector=None, fps=10)
+    pipeline.start()
+    try:
+        with ServerThread({"cam": pipeline}) as server:
+            frames = read_stream(server.url("/streams/cam_anon.ts"), seconds=2)
+            snapshot = pipeline.stats.snapshot()
+    finally:
+        pipeline.stop()
+    assert frames and not any(leaks(f.to_ndarray(format="bgr24")) for f in frames)
+    assert snapshot["state"] == "degraded"
+
+
+def test_stream_survives_a_camera_restart_with_continuous_timestamps(camera: RtspCamera) -> None:
+    pipeline = make_pipeline(camera.url, SecretDetector(), fps=10)
+    pipeline.start()
+    seen: list[float] = []
+
+    def restart_camera_once(frame: object) -> None:
+        seen.append(time.monotonic())
+        if len(seen) == 15:
+            camera.stop()
+        if len(seen) == 45:
+            camera.start()
+
+    try:
+        with ServerThread({"cam": pipeline}) as server:
+            frames = read_stream(server.url("/streams/cam_anon.ts"), seconds=12, on_frame=restart_camera_once)
+    finally:
+        pipeline.stop()
+    times = [float(f.time) for f in frames]
+    assert all(b > a for a, b in zip(times, times[1:], strict=False)), "timestamps never go backwards"
+    longest_gap = max(b - a for a, b in zip(times, times[1:], strict=False))
+    assert longest_gap < OFFLINE_AFTER_S + 0.5, "slate frames fill the gap"
+    assert not any(leaks(f.to_ndarray(format="bgr24")) for f in frames)
+    assert pipeline.stats.reconnects >= 1
+    assert times[-1] - times[0] > 8, "the stream kept going after the camera came back"
