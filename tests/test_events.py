@@ -368,7 +368,7 @@ class FakePipeline:
         self.calls.append(("masking", enabled))
 
 
-def test_pipeline_control_refuses_unmask_and_keeps_zones_across_method_change() -> None:
+def test_pipeline_control_refuses_unmask_and_forwards_changes() -> None:
     pipeline = FakePipeline()
     control = PipelineControl({"front": pipeline}, make_config())
     assert not control.set_privacy("front", False)
@@ -381,7 +381,6 @@ def test_pipeline_control_refuses_unmask_and_keeps_zones_across_method_change() 
         ("masking", True),
         ("zones", ["door"]),
         ("method", Method.FILL),
-        ("zones", ["door"]),
     ]
     allowed = PipelineControl({"front": pipeline}, make_config(allow_remote_unmask=True))
     assert allowed.set_privacy("front", False) and pipeline.calls[-1] == ("masking", False)

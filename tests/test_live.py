@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from deid_sidecar.config import parse_config
+from deid_sidecar.config import Method, Zone, parse_config
 from deid_sidecar.engine.live import OFFLINE_AFTER_S, CameraPipeline
 from livekit import (
     FlakyDetector,
@@ -121,3 +121,12 @@ def test_stream_survives_a_camera_restart_with_continuous_timestamps(camera: Rts
     assert not any(leaks(f.to_ndarray(format="bgr24")) for f in frames)
     assert pipeline.stats.reconnects >= 1
     assert times[-1] - times[0] > 8, "the stream kept going after the camera came back"
+
+
+def test_a_method_change_keeps_the_zones_set_at_runtime(clip: Path) -> None:
+    pipeline = make_pipeline(f"file:{clip}", SecretDetector())
+    zone = Zone(name="door", points=[(0.0, 0.0), (0.5, 0.0), (0.5, 0.5)])
+    pipeline.set_zones([zone])
+    pipeline.set_method(Method.FILL)
+    assert pipeline.zones == [zone]
+    assert pipeline.processor.zones.mask_for(320, 240).any()
