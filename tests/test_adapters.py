@@ -165,7 +165,7 @@ def test_retina_plate_zero_offsets_give_the_prior_and_corners() -> None:
     landms[0, 0, :2] = [-5, 0]  # first corner: 5 * 0.1 * 24 = 12 px left of the centre
     found = RetinaPlateAdapter().decode([loc, conf, landms], meta, 0.5)
     np.testing.assert_allclose(found.xyxy, [[-8, -8, 16, 16]])  # the 24 px prior at (4, 4); detectors clip
-    np.testing.assert_allclose(found.keypoints[0, 0], [4 - 12, 4])
+    np.testing.assert_allclose(found.keypoints[0, 2], [4 - 12, 4])  # the model's first corner is bottom-right
     assert np.isnan(found.keypoints[0, 4]).all()
 
 

@@ -70,6 +70,8 @@ def test_retina_plate_gives_corners(models_dir: Path, media_dir: Path) -> None:
     assert not np.isnan(corners).any() and np.isnan(plates.keypoints[0, 4]).all()
     box = plates.xyxy[0]
     assert (corners[:, 0] > box[0] - 8).all() and (corners[:, 0] < box[2] + 8).all()
+    top_left, top_right, bottom_right, bottom_left = corners
+    assert top_left[0] < top_right[0] and top_left[1] < bottom_left[1] and bottom_right[1] > top_right[1]
 
 
 @pytest.mark.parametrize("name", ["astronaut.png", "t1.jpg", "messi5.jpg"])

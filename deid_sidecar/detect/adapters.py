@@ -294,6 +294,7 @@ class RetinaPlateAdapter:
     steps = (8, 16, 32)
     min_sizes = ((24, 48), (96, 192), (384, 768))
     variance = (0.1, 0.2)
+    corner_order = (2, 3, 0, 1)
 
     def prepare(self, image: Image, input_width: int) -> tuple[FloatArray, Letterbox]:
         canvas, meta = fit_dynamic(image, input_width, pad_value=0, center=False)
@@ -310,4 +311,6 @@ class RetinaPlateAdapter:
         sizes = p[:, 2:] * np.exp(loc[:, 2:] * v1)
         xyxy = np.concatenate([centers - sizes / 2, centers + sizes / 2], axis=1).astype(np.float32)
         corners = p[:, None, :2] + landms.reshape(-1, 4, 2) * v0 * p[:, None, 2:]
+        # The model emits bottom-right, bottom-left, top-left, top-right; give them clockwise from top-left.
+        corners = corners[:, self.corner_order]
         return build_detections(xyxy, conf[keep, 1], self.label, meta, self.iou_threshold, corners)
