@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 import logging
 import signal
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -40,6 +41,17 @@ def build_pipelines(config: Config, observer: FrameObserver | None) -> dict[str,
     }
 
 
+def check_models(config: Config) -> None:
+    """Fail at start-up, with the fetch command, when a model the cameras need is missing."""
+    from deid_sidecar.models.registry import model_path
+
+    needed = {kind for name, camera in config.cameras.items() if camera.enabled for kind in camera.protect}
+    for kind in sorted(needed):
+        detector = getattr(config.detection, kind)
+        if detector.enabled:
+            model_path(Path(config.models_dir), detector.model)
+
+
 def _load_detectors(config: Config, pipelines: dict[str, CameraPipeline]) -> None:
     """Runs in a worker thread: model loading takes seconds and must not delay the streams."""
     from deid_sidecar.detect.detector import build_detector
@@ -61,6 +73,7 @@ class App:
         self.pipelines = build_pipelines(config, self.events)
         self._tasks: list[asyncio.Task[Any]] = []
         self._registrar: Any = None
+        self._pushers: list[Any] = []
         self._session: aiohttp.ClientSession | None = None
 
     async def run(self, stop: asyncio.Event) -> None:
@@ -82,6 +95,7 @@ class App:
         detectors = loop.run_in_executor(None, _load_detectors, self.config, self.pipelines)
         if self.config.go2rtc.register_streams:
             await self._start_registrar()
+        self._start_pushers()
         try:
             await stop.wait()
         finally:
@@ -102,6 +116,16 @@ class App:
         self._registrar = registrar_for(self.config, self._session)
         self._tasks.append(asyncio.create_task(self._registrar.run(), name="go2rtc-registrar"))
 
+    def _start_pushers(self) -> None:
+        """Push mode: stream into go2rtc streams the user declared (`output.push`)."""
+        from deid_sidecar.outputs.push import pushers_for
+
+        hubs = {p.output: p.hub for p in self.pipelines.values()}
+        self._session = self._session or aiohttp.ClientSession()
+        for pusher in pushers_for(self.config, hubs, self._session):
+            self._pushers.append(pusher)
+            self._tasks.append(asyncio.create_task(pusher.run(), name=f"push-{pusher.name}"))
+
     def _announce(self) -> None:
         server = self.config.server
         host = "localhost" if server.host in ("0.0.0.0", "127.0.0.1", "::") else server.host  # noqa: S104
@@ -115,6 +139,8 @@ class App:
         loop = asyncio.get_running_loop()
         if self._registrar is not None:
             await self._registrar.close(remove=self.config.go2rtc.remove_on_exit)
+        for pusher in self._pushers:
+            await pusher.close()
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
@@ -142,6 +168,7 @@ async def _main(config: Config) -> None:
 def run_app(config: Config) -> int:
     if not config.cameras:
         raise UserError("the config has no cameras")
+    check_models(config)
     logging.getLogger().setLevel(config.log_level.upper())
     asyncio.run(_main(config))
     return 0

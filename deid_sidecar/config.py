@@ -236,9 +236,9 @@ class OutputConfig(Strict):
     encoder: Literal["auto", "libx264", "h264_nvenc", "h264_qsv"] = Field(
         "auto", description="H.264 encoder; auto probes hardware encoders and falls back to libx264."
     )
-    push: Literal["none", "rtsp", "http"] = Field(
+    push: Literal["none", "http"] = Field(
         "none",
-        description="Also push into an existing go2rtc stream (RTSP publish or POST /api/stream.ts).",
+        description="Also push into an existing (declared) go2rtc stream with POST /api/stream.ts.",
     )
 
 

@@ -6,14 +6,12 @@ detector does (raise, stall, not loaded yet) and whatever the camera does (drop,
 
 from __future__ import annotations
 
+import itertools
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-
-from deid_sidecar.config import Method, Zone, parse_config
-from deid_sidecar.engine.live import OFFLINE_AFTER_S, CameraPipeline
 from livekit import (
     FlakyDetector,
     RtspCamera,
@@ -23,6 +21,9 @@ from livekit import (
     read_stream,
     write_clip,
 )
+
+from deid_sidecar.config import Method, Zone, parse_config
+from deid_sidecar.engine.live import OFFLINE_AFTER_S, CameraPipeline
 
 pytestmark = pytest.mark.slow
 
@@ -63,7 +64,7 @@ def test_file_camera_is_served_at_the_configured_fps_with_the_secret_masked(clip
         pipeline.stop()
     assert len(frames) >= 30
     assert frames[0].key_frame, "a reader joins at a keyframe"
-    steps = {round(float(b.time - a.time), 2) for a, b in zip(frames, frames[1:], strict=False)}
+    steps = {round(float(b.time - a.time), 2) for a, b in itertools.pairwise(frames)}
     assert steps <= {0.1, 0.09, 0.11}, f"10 fps output, got steps {steps}"
     leaked = [i for i, f in enumerate(frames) if leaks(f.to_ndarray(format="bgr24"))]
     assert not leaked, f"frames {leaked} carry the secret"
@@ -115,8 +116,8 @@ def test_stream_survives_a_camera_restart_with_continuous_timestamps(camera: Rts
     finally:
         pipeline.stop()
     times = [float(f.time) for f in frames]
-    assert all(b > a for a, b in zip(times, times[1:], strict=False)), "timestamps never go backwards"
-    longest_gap = max(b - a for a, b in zip(times, times[1:], strict=False))
+    assert all(b > a for a, b in itertools.pairwise(times)), "timestamps never go backwards"
+    longest_gap = max(b - a for a, b in itertools.pairwise(times))
     assert longest_gap < OFFLINE_AFTER_S + 0.5, "slate frames fill the gap"
     assert not any(leaks(f.to_ndarray(format="bgr24")) for f in frames)
     assert pipeline.stats.reconnects >= 1

@@ -206,3 +206,22 @@ def test_look_ahead_masks_an_object_before_it_was_first_detected() -> None:
     assert [p.index for p in released] == [1, 2, 3, 4, 5, 6]
     for p in released[1:]:
         assert detail_kept(originals[p.index], p.image, BOX) < 0.05, f"frame {p.index}"
+
+
+def test_detections_on_a_sub_stream_are_scaled_to_the_main_frame() -> None:
+    half_box = tuple(v / 2 for v in BOX)
+    seen_shapes: list[tuple[int, ...]] = []
+
+    def detect_on_sub_stream(image: np.ndarray) -> Detections:
+        seen_shapes.append(image.shape)
+        return Detections.from_boxes([half_box], Label.FACE, 0.9)
+
+    detector = BoxDetector()
+    detector.detect = detect_on_sub_stream  # type: ignore[method-assign]
+    processor = make_processor(detector)
+    frame = textured_frame()
+    original = frame.copy()
+    (out,) = processor.process(frame, 0.0, 1, 1, detect_image=textured_frame(size=(120, 160)))
+    assert seen_shapes == [(120, 160, 3)]
+    assert np.allclose(out.objects.xyxy[0], BOX)
+    assert detail_kept(original, out.image, BOX) < 0.05

@@ -153,7 +153,7 @@ def test_pushers_for_config() -> None:
         {
             "cameras": {
                 "a": {"source": "go2rtc:a", "output": {"push": "http"}},
-                "b": {"source": "go2rtc:b", "output": {"push": "rtsp"}},
+                "b": {"source": "go2rtc:b", "output": {"push": "http", "name": "b_out"}},
                 "c": {"source": "go2rtc:c"},
             },
             "server": {"stream_token": "secret-token"},
@@ -161,10 +161,10 @@ def test_pushers_for_config() -> None:
     )
 
     async def main() -> None:
-        hubs = {name: StreamHub(name) for name in ("a_anon", "b_anon", "c_anon")}
+        hubs = {name: StreamHub(name) for name in ("a_anon", "b_out", "c_anon")}
         async with aiohttp.ClientSession() as session:
             pushers = pushers_for(config, hubs, session)
-        assert [p.name for p in pushers] == ["a_anon", "b_anon"]
+        assert [p.name for p in pushers] == ["a_anon", "b_out"]
         assert all("secret-token" not in p.hint_url for p in pushers)
 
     run(main())

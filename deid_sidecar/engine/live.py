@@ -32,6 +32,8 @@ log = logging.getLogger(__name__)
 
 #: Without a new frame for this long the camera counts as offline and the slate is shown.
 OFFLINE_AFTER_S = 1.5
+#: A sub-stream frame further than this from the main frame is not used (the main frame is).
+DETECT_SOURCE_MAX_SKEW_S = 0.25
 #: How often stats go to the observer (MQTT) and the log.
 STATS_INTERVAL_S = 5.0
 #: Output size used for the slate before the camera ever delivered a frame.
@@ -69,6 +71,16 @@ class CameraPipeline:
         self.spec = parse_source(camera.source, config.go2rtc, camera.loop)
         self.mailbox = LatestFrame()
         self.reader = FrameReader(self.spec, self.mailbox, self.stats, camera.output.height)
+        self.detect_mailbox: LatestFrame | None = None
+        self.detect_reader: FrameReader | None = None
+        if camera.detect_source:
+            # A sub stream to detect on: its own reader and stats, so its drops are not the camera's.
+            self.detect_mailbox = LatestFrame()
+            self.detect_reader = FrameReader(
+                parse_source(camera.detect_source, config.go2rtc, camera.loop),
+                self.detect_mailbox,
+                CameraStats(f"{name}-detect", self.output),
+            )
         self._anonymize_config = config.anonymize
         self._zones = list(camera.zones)
         self._invert_zones = camera.invert_zones
@@ -99,11 +111,15 @@ class CameraPipeline:
             "%s: reading %s, publishing %s at %.0f fps", self.name, self.spec.display, self.output, self.fps
         )
         self.reader.start()
+        if self.detect_reader is not None:
+            self.detect_reader.start()
         self._thread.start()
 
     def stop(self) -> None:
         self._stop.set()
         self.reader.stop()
+        if self.detect_reader is not None:
+            self.detect_reader.stop()
         self._thread.join(5.0)
         self.processor.close()
         if self._encoder is not None:
@@ -173,7 +189,7 @@ class CameraPipeline:
 
     def _process(self, image: Image, t: float, index: int, generation: int) -> None:
         started = time.perf_counter()
-        outputs = self.processor.process(image, t, index, generation)
+        outputs = self.processor.process(image, t, index, generation, self._detect_image(t))
         self.stats.record_stage("process", time.perf_counter() - started)
         for processed in outputs:
             if processed.whole_frame and self._hold_on_failure:
@@ -184,6 +200,15 @@ class CameraPipeline:
         self._set_state("degraded" if self.processor.degraded else "online")
         if self.auto_detect_every:
             self._adapt_schedule()
+
+    def _detect_image(self, t: float) -> Image | None:
+        """The sub stream's newest frame when it is close in time to the main one, else None."""
+        if self.detect_mailbox is None:
+            return None
+        frame = self.detect_mailbox.peek()
+        if frame is None or abs(frame.t - t) > DETECT_SOURCE_MAX_SKEW_S:
+            return None
+        return frame.image
 
     def _publish(self, processed: Processed) -> None:
         image = self._encode_and_send(processed.image, processed.t)

@@ -107,11 +107,17 @@ class FrameProcessor:
         """True while frames are being masked whole (shown as `degraded` in status)."""
         return self._last_detect_t is None or not self.detection_enabled
 
-    def process(self, image: Image, t: float, index: int, generation: int = 0) -> list[Processed]:
-        """Take one frame; return the frames now ready to publish (none while the look-ahead fills)."""
+    def process(
+        self, image: Image, t: float, index: int, generation: int = 0, detect_image: Image | None = None
+    ) -> list[Processed]:
+        """Take one frame; return the frames now ready to publish (none while the look-ahead fills).
+
+        `detect_image`: the same moment from a lower-resolution stream (a camera's sub stream);
+        detection runs on it and its boxes are scaled to `image`.
+        """
         if generation != self._generation:
             self._restart(generation)
-        whole_frame, mask, born = self._decide(image, t, index)
+        whole_frame, mask, born = self._decide(image, t, index, detect_image)
         work = FrameWork(image, t, index, whole_frame)
         return [self._finish(p.payload, p.mask) for p in self.delay.push(work, t, mask, born)]
 
@@ -126,7 +132,9 @@ class FrameProcessor:
         self.scheduler.reset()
         self._last_detect_t = None
 
-    def _decide(self, image: Image, t: float, index: int) -> tuple[bool, Detections, Detections]:
+    def _decide(
+        self, image: Image, t: float, index: int, detect_image: Image | None
+    ) -> tuple[bool, Detections, Detections]:
         """(mask whole frame?, objects to mask, objects first seen on this frame)."""
         if self.detector is None or not self.detection_enabled:
             return True, Detections.empty(), Detections.empty()
@@ -134,7 +142,7 @@ class FrameProcessor:
         if scene_cut:
             self.tracker.reset()
         if self.scheduler.should_detect(index, scene_cut=scene_cut):
-            raw = self._run_detector(image)
+            raw = self._run_detector(image, detect_image)
             if raw is None:
                 # Due for detection but none came: only the whole mask is safe (a new object
                 # may have appeared that no track predicts).
@@ -147,15 +155,16 @@ class FrameProcessor:
         stale = self._last_detect_t is None or t - self._last_detect_t > self._budget_s
         return stale, self.tracker.predict(t), Detections.empty()
 
-    def _run_detector(self, image: Image) -> Detections | None:
+    def _run_detector(self, image: Image, detect_image: Image | None) -> Detections | None:
         """Detections for `image`, or None when the detector failed or ran past its budget."""
         assert self.detector is not None
+        source = image if detect_image is None else detect_image
         if self._inflight is not None:
             if not self._inflight.done():
                 return None  # still busy with an earlier frame that ran over budget
             self._inflight = None  # that late result belongs to an old frame: discard it
         started = time.perf_counter()
-        future = self._executor.submit(self.detector.detect, image)
+        future = self._executor.submit(self.detector.detect, source)
         try:
             result = future.result(timeout=self._budget_s if self.realtime else None)
         except FutureTimeout:
@@ -171,6 +180,8 @@ class FrameProcessor:
         c = self.counters
         c.detections_run += 1
         c.detect_ms = elapsed_ms if c.detections_run == 1 else 0.8 * c.detect_ms + 0.2 * elapsed_ms
+        if source is not image:
+            result = result.scaled(image.shape[1] / source.shape[1], image.shape[0] / source.shape[0])
         return result
 
     def _finish(self, work: FrameWork, mask: Detections) -> Processed:

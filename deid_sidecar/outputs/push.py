@@ -145,7 +145,7 @@ class _NotDeclared(Go2rtcError):
 def pushers_for(
     config: Config, hubs: Mapping[str, StreamHub], session: aiohttp.ClientSession
 ) -> list[Pusher]:
-    """One Pusher per enabled camera with `output.push` set (`rtsp` is served by HTTP push too)."""
+    """One Pusher per enabled camera with `output.push: http`."""
     g = config.go2rtc
     client = Go2rtcClient(g.url, g.username, g.password, session)
     pushers = []
@@ -153,10 +153,6 @@ def pushers_for(
         out = output_name(cam_name, cam)
         if not cam.enabled or cam.output.push == "none" or out not in hubs:
             continue
-        if cam.output.push == "rtsp":
-            log.warning(
-                "%s: RTSP publish is not implemented; pushing with HTTP (POST /api/stream.ts)", cam_name
-            )
         hint_url = go2rtc.stream_url(config, out, token="")  # never the token itself in a message
         pushers.append(Pusher(client, hubs[out], out, hint_url, session))
     return pushers

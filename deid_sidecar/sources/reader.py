@@ -52,6 +52,11 @@ class LatestFrame:
             self._cond.notify_all()
             return dropped
 
+    def peek(self) -> Frame | None:
+        """The newest frame, left in place (a detect stream is read, not consumed)."""
+        with self._cond:
+            return self._frame
+
     def take(self, timeout: float) -> Frame | None:
         with self._cond:
             if self._frame is None:
