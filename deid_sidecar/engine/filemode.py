@@ -12,6 +12,7 @@ import json
 import logging
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -42,6 +43,7 @@ class FileOptions:
     keep_audio: bool = True
     audit_path: Path | None = None
     progress: bool = False
+    on_progress: Callable[[int, int], None] | None = None  # (frames done, total or 0)
 
 
 @dataclass
@@ -88,7 +90,7 @@ def _check_output(output: Path, input_path: Path) -> None:
         raise UserError(f"cannot write {output}: folder {output.parent} does not exist")
 
 
-def _open_input(path: Path) -> av.container.InputContainer:
+def open_video(path: Path) -> av.container.InputContainer:
     if not path.is_file():
         raise UserError(f"input {path} does not exist")
     try:
@@ -101,7 +103,7 @@ def _open_input(path: Path) -> av.container.InputContainer:
     return container
 
 
-class _Writer:
+class VideoWriter:
     """Output container: H.264 video with the input's timestamps, audio copied when possible."""
 
     def __init__(self, path: Path, source: av.container.InputContainer, keep_audio: bool) -> None:
@@ -162,7 +164,7 @@ def anonymize_file(
         return FileSummary(output=output, frames=1, objects={"objects": count})
     _check_output(output, input_path)
     labels = _protected_labels(config, options)
-    source = _open_input(input_path)
+    source = open_video(input_path)
     detector = detector or _build_detector(config, labels)
     run = _FileRun(source, output, config, options, detector)
     try:
@@ -194,7 +196,7 @@ class _FileRun:
             realtime=False,
             lookahead_frames=max(1, round(fps * LOOKAHEAD_S)),
         )
-        self.writer = _Writer(output, source, options.keep_audio)
+        self.writer = VideoWriter(output, source, options.keep_audio)
         self.summary = FileSummary(output=output)
         self.total = video.frames or 0
         self.pts: dict[int, int | None] = {}
@@ -248,6 +250,8 @@ class _FileRun:
                 self.summary.objects[label.key] = self.summary.objects.get(label.key, 0) + count
         if self.options.audit_path:
             self.audit.append(_audit_row(processed))
+        if self.options.on_progress is not None and self.summary.frames % 10 == 0:
+            self.options.on_progress(self.summary.frames, self.total)
         if self.options.progress and self.summary.frames % 10 == 0:
             total = f"/{self.total}" if self.total else ""
             sys.stderr.write(f"\r{self.summary.frames}{total} frames")

@@ -199,7 +199,7 @@ class CameraPipeline:
             self._publish(processed)
         self._set_state("degraded" if self.processor.degraded else "online")
         if self.auto_detect_every:
-            self._adapt_schedule()
+            self.processor.adapt_schedule(1000.0 / self.fps, self.stats.stage_ms.get("encode", 0.0))
 
     def _detect_image(self, t: float) -> Image | None:
         """The sub stream's newest frame when it is close in time to the main one, else None."""
@@ -259,14 +259,6 @@ class CameraPipeline:
         self._encode_and_send(self._slate.copy(), now)
         self._stop.wait(max(0.0, interval - (time.monotonic() - now)))
 
-    def _adapt_schedule(self) -> None:
-        counters = self.processor.counters
-        if counters.detections_run < 3:
-            return
-        other_ms = sum(v for k, v in self.stats.stage_ms.items() if k == "encode")
-        every = self.processor.scheduler.every_for_budget(counters.detect_ms, 1000.0 / self.fps, other_ms)
-        self.processor.scheduler.every = every
-
     def _set_state(self, state: str) -> None:
         with self.stats.lock:
             if self.stats.state == state:
@@ -281,6 +273,48 @@ class CameraPipeline:
         log.debug("%s: %s", self.name, snapshot)
         if self.observer is not None:
             self.observer.on_stats(self.name, snapshot)
+
+    # --- web UI controls (appended for deid_sidecar.web) -----------------------------------------
+    # The reader and worker threads cannot be restarted after stop(), so the UI's stop/start is a
+    # privacy shutter: while paused no detection runs and every frame is masked whole (fail closed);
+    # the published stream stays up, so go2rtc consumers never see it end.
+
+    @property
+    def paused(self) -> bool:
+        return bool(getattr(self, "_paused", False))
+
+    def pause(self) -> None:
+        self._paused = True
+        self.processor.detection_enabled = False
+
+    def resume(self, detection: bool = True) -> None:
+        self._paused = False
+        self.processor.detection_enabled = detection
+
+    def enable_raw_capture(self) -> None:
+        """Let `latest_raw_jpeg` show frames BEFORE anonymization (the admin's original view only).
+
+        Wraps the processor's entry point instead of changing the worker loop; a frame is copied
+        only while someone watches (`raw_viewers` > 0), because the processor masks in place.
+        """
+        if getattr(self, "_raw_tap", False):
+            return
+        self._raw_tap = True
+        self.raw_viewers = 0
+        self._raw_image: Image | None = None
+        process = self.processor.process
+
+        def tapped(image: Image, t: float, index: int, generation: int = 0) -> list[Processed]:
+            if self.raw_viewers > 0:
+                self._raw_image = image.copy()
+            return process(image, t, index, generation)
+
+        setattr(self.processor, "process", tapped)  # noqa: B010 (mypy forbids assigning a method)
+
+    def latest_raw_jpeg(self) -> bytes | None:
+        """JPEG of the newest frame before anonymization; None unless captured. Call off the loop."""
+        image = getattr(self, "_raw_image", None)
+        return None if image is None else _jpeg_of(image)()
 
 
 def _jpeg_of(image: Image) -> Callable[[], bytes]:

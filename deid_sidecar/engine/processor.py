@@ -125,6 +125,13 @@ class FrameProcessor:
         """Release every held frame (end of file, shutdown)."""
         return [self._finish(p.payload, p.mask) for p in self.delay.drain()]
 
+    def adapt_schedule(self, frame_interval_ms: float, other_ms: float) -> None:
+        """Live: detect as often as the measured detector cost allows at this frame rate."""
+        if self.counters.detections_run >= 3:
+            self.scheduler.every = self.scheduler.every_for_budget(
+                self.counters.detect_ms, frame_interval_ms, other_ms
+            )
+
     def _restart(self, generation: int) -> None:
         """A new stream (or its first frame): nothing known about it may vouch for its frames."""
         self._generation = generation
