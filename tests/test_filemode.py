@@ -139,7 +139,7 @@ def write_clip_with_audio(path: Path, seconds: float) -> None:
         video.width, video.height, video.pix_fmt = 320, 240, "yuv420p"
         audio = out.add_stream("aac", rate=rate)
         rng = np.random.default_rng(1)
-        for i in range(int(seconds * fps)):
+        for _ in range(int(seconds * fps)):
             image = rng.integers(0, 255, (240, 320, 3), dtype=np.uint8)
             for packet in video.encode(av.VideoFrame.from_ndarray(image, format="bgr24")):
                 out.mux(packet)
