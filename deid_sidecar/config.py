@@ -36,6 +36,8 @@ class Method(str, Enum):
     BLUR = "blur"
     PIXELATE = "pixelate"
     FILL = "fill"
+    #: Synthetic faces and plates (deid_sidecar/anonymize/replace.py); blur/fill where that fails.
+    REPLACE = "replace"
 
 
 class WholeFrameMask(str, Enum):
@@ -107,6 +109,28 @@ class AnonymizeConfig(Strict):
         8, ge=2, le=16, description="Pixelate: blocks across the object (<= 10 really anonymizes)."
     )
     fill_color: tuple[int, int, int] = Field((0, 0, 0), description="Fill: RGB colour.")
+    replace_k: int = Field(
+        5,
+        ge=2,
+        le=50,
+        description="Replace: each synthetic face is an average of at least this many real faces (k-Same).",
+    )
+    replace_min_size: int = Field(
+        40, ge=8, le=1024, description="Replace: faces narrower than this (pixels) are blurred instead."
+    )
+    replace_smoothing: float = Field(
+        0.6,
+        ge=0.0,
+        le=0.95,
+        description="Replace: weight of the past in each track's landmark average (0 = none; higher = steadier).",
+    )
+    replace_sources: str | None = Field(
+        None, description="Replace: folder of source faces (manifest.json + PNGs); default: the bundled set."
+    )
+    plate_style: Literal["eu", "us", "generic"] = Field(
+        "eu",
+        description="Replace: look of the synthetic plates (all read ZZ#..., which no authority issues).",
+    )
 
     @field_validator("fill_color")
     @classmethod

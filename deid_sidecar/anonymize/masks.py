@@ -64,9 +64,15 @@ class Anonymizer:
 
     @classmethod
     def from_config(cls, config: AnonymizeConfig, method: Method | None = None) -> Anonymizer:
+        chosen = method or config.method
+        if chosen is Method.REPLACE:
+            # Imported here: replace.py builds on this module (blur fallback, this class).
+            from deid_sidecar.anonymize.replace import ReplacingAnonymizer
+
+            return ReplacingAnonymizer.create(config)
         r, g, b = config.fill_color
         return cls(
-            method=method or config.method,
+            method=chosen,
             margin=config.margin,
             shape=config.shape,
             blocks=config.blocks,
