@@ -9,6 +9,17 @@ from dataclasses import dataclass, field
 from typing import Any
 
 
+LATENCY_SAMPLES = 300
+
+
+def percentile(values: list[float], q: float) -> float | None:
+    """Nearest-rank percentile; None for no values."""
+    if not values:
+        return None
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, max(0, round(q / 100 * len(ordered)) - 1))]
+
+
 class RateMeter:
     """Events per second over a sliding window."""
 
@@ -55,6 +66,8 @@ class CameraStats:
     last_error: str = ""
     stage_ms: dict[str, float] = field(default_factory=dict)
     latency_ms: float = 0.0
+    #: Recent end-to-end latencies (frame decoded -> packet muxed), for percentiles.
+    latency_samples: deque[float] = field(default_factory=lambda: deque(maxlen=LATENCY_SAMPLES))
     fps_in: RateMeter = field(default_factory=RateMeter)
     fps_out: RateMeter = field(default_factory=RateMeter)
     fps_detect: RateMeter = field(default_factory=RateMeter)
@@ -67,9 +80,15 @@ class CameraStats:
             previous = self.stage_ms.get(stage)
             self.stage_ms[stage] = ms if previous is None else 0.9 * previous + 0.1 * ms
 
+    def record_latency(self, ms: float) -> None:
+        with self.lock:
+            self.latency_ms = ms
+            self.latency_samples.append(ms)
+
     def snapshot(self) -> dict[str, Any]:
         now = time.monotonic()
         with self.lock:
+            latencies = list(self.latency_samples)
             age = now - self.last_frame_time if self.last_frame_time else None
             return {
                 "camera": self.name,
@@ -90,6 +109,12 @@ class CameraStats:
                 "readers_dropped": self.readers_dropped,
                 "last_frame_age_s": None if age is None else round(age, 3),
                 "latency_ms": round(self.latency_ms, 1),
+                "latency_p50_ms": _rounded(percentile(latencies, 50)),
+                "latency_p95_ms": _rounded(percentile(latencies, 95)),
                 "stage_ms": {k: round(v, 2) for k, v in self.stage_ms.items()},
                 "last_error": self.last_error,
             }
+
+
+def _rounded(value: float | None) -> float | None:
+    return None if value is None else round(value, 1)

@@ -40,7 +40,7 @@ def test_generated_reference_is_current() -> None:
          "cameras.front.output.fps: Input should be less than or equal to 60"),
         ({"cameras": {"front": {"source": "go2rtc:front", "colour": "red"}}}, "cameras.front.colour: unknown option"),
         ({"cameras": {"front": {"output": {"fps": 10}}}}, "cameras.front.source: Field required"),
-        ({"anonymize": {"method": "smudge"}}, "anonymize.method: Input should be 'blur', 'pixelate' or 'fill'"),
+        ({"anonymize": {"method": "smudge"}}, "anonymize.method: Input should be 'blur', 'pixelate', 'fill' or 'replace'"),
         ({"mqtt": {"prefix": "frigate"}}, "mqtt.prefix: must not be 'frigate'"),
         ({"detection": {"face": {"model": "centerface", "threshold": 0.6, "event_threshold": 0.4}}},
          "detection.face: event_threshold must be >= threshold"),

@@ -24,7 +24,7 @@ from deid_sidecar.engine.observer import FrameObserver
 from deid_sidecar.engine.processor import FrameProcessor, Processed
 from deid_sidecar.outputs.encoder import TIME_BASE, H264Encoder, probe_encoder
 from deid_sidecar.outputs.http_ts import StreamHub
-from deid_sidecar.sources.reader import FrameReader, LatestFrame
+from deid_sidecar.sources.reader import FrameQueue, FrameReader
 from deid_sidecar.sources.spec import parse_source
 from deid_sidecar.stats import CameraStats
 
@@ -32,6 +32,9 @@ log = logging.getLogger(__name__)
 
 #: Without a new frame for this long the camera counts as offline and the slate is shown.
 OFFLINE_AFTER_S = 1.5
+#: Decoded frames waiting for the worker: about half a second at 15 fps, enough to catch up after
+#: a frame that ran the detector; beyond it the oldest frames are dropped (and counted).
+QUEUE_FRAMES = 8
 #: A sub-stream frame further than this from the main frame is not used (the main frame is).
 DETECT_SOURCE_MAX_SKEW_S = 0.25
 #: How often stats go to the observer (MQTT) and the log.
@@ -69,13 +72,13 @@ class CameraPipeline:
         self.observer = observer
         self.fps = camera.output.fps
         self.spec = parse_source(camera.source, config.go2rtc, camera.loop)
-        self.mailbox = LatestFrame()
+        self.mailbox = FrameQueue(QUEUE_FRAMES)
         self.reader = FrameReader(self.spec, self.mailbox, self.stats, camera.output.height)
-        self.detect_mailbox: LatestFrame | None = None
+        self.detect_mailbox: FrameQueue | None = None
         self.detect_reader: FrameReader | None = None
         if camera.detect_source:
             # A sub stream to detect on: its own reader and stats, so its drops are not the camera's.
-            self.detect_mailbox = LatestFrame()
+            self.detect_mailbox = FrameQueue(1)
             self.detect_reader = FrameReader(
                 parse_source(camera.detect_source, config.go2rtc, camera.loop),
                 self.detect_mailbox,
@@ -212,9 +215,8 @@ class CameraPipeline:
 
     def _publish(self, processed: Processed) -> None:
         image = self._encode_and_send(processed.image, processed.t)
-        latency_ms = (time.monotonic() - processed.t) * 1000.0
+        self.stats.record_latency((time.monotonic() - processed.t) * 1000.0)
         with self.stats.lock:
-            self.stats.latency_ms = latency_ms
             counters = self.processor.counters
             self.stats.detections_run = counters.detections_run
             self.stats.detector_errors = counters.detector_errors + counters.detector_timeouts

@@ -1,7 +1,7 @@
 """One thread per camera that demuxes and decodes with PyAV and keeps only the newest frame.
 
-The consumer never waits for a backlog: `LatestFrame` holds one frame, and a frame the consumer
-did not take before the next one arrived is counted as dropped. Opens and reads have timeouts,
+The consumer never waits for a long backlog: `FrameQueue` holds a few frames and drops (and
+counts) the oldest when the consumer falls further behind. Opens and reads have timeouts,
 reconnects step back (1 s x5, 5 s, 10 s, then 30 s), and a generation counter tells the consumer
 that the stream restarted (its tracks and timestamps no longer apply).
 """
@@ -37,32 +37,37 @@ class Frame:
     generation: int  # increments on every (re)connect
 
 
-class LatestFrame:
-    """A one-slot mailbox: the newest frame wins."""
+class FrameQueue:
+    """A small bounded queue of decoded frames; when full, the OLDEST frame is dropped.
 
-    def __init__(self) -> None:
-        self._frame: Frame | None = None
+    Capacity 1 is a latest-frame-wins mailbox. A few frames of capacity let the worker catch up
+    after a slow frame (one that ran the detector) instead of dropping the frames that arrived
+    meanwhile, while the bound keeps latency and memory in check when it cannot keep up.
+    """
+
+    def __init__(self, capacity: int = 1) -> None:
+        self._frames: deque[Frame] = deque(maxlen=max(1, capacity))
         self._cond = threading.Condition()
 
     def put(self, frame: Frame) -> bool:
-        """Store `frame`; returns True when an untaken frame was overwritten (a drop)."""
+        """Queue `frame`; returns True when the oldest untaken frame was dropped to make room."""
         with self._cond:
-            dropped = self._frame is not None
-            self._frame = frame
+            dropped = len(self._frames) == self._frames.maxlen
+            self._frames.append(frame)
             self._cond.notify_all()
             return dropped
 
     def peek(self) -> Frame | None:
         """The newest frame, left in place (a detect stream is read, not consumed)."""
         with self._cond:
-            return self._frame
+            return self._frames[-1] if self._frames else None
 
     def take(self, timeout: float) -> Frame | None:
+        """The oldest frame, waiting up to `timeout` seconds for one."""
         with self._cond:
-            if self._frame is None:
+            if not self._frames:
                 self._cond.wait(timeout)
-            frame, self._frame = self._frame, None
-            return frame
+            return self._frames.popleft() if self._frames else None
 
 
 def output_size(width: int, height: int, target_height: int | None) -> tuple[int, int]:
@@ -79,7 +84,7 @@ class FrameReader:
     def __init__(
         self,
         spec: SourceSpec,
-        mailbox: LatestFrame,
+        mailbox: FrameQueue,
         stats: CameraStats,
         target_height: int | None = None,
     ) -> None:
