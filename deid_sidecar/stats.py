@@ -8,7 +8,6 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
-
 LATENCY_SAMPLES = 300
 
 
