@@ -179,11 +179,13 @@ class ServerThread:
 def read_stream(
     url: str, seconds: float, on_frame: Callable[[av.VideoFrame], None] | None = None
 ) -> list[av.VideoFrame]:
-    """Decode the published MPEG-TS for `seconds` (wall clock) and return the frames."""
+    """Decode the published MPEG-TS for `seconds` (wall clock, from the first frame); return the frames."""
     frames: list[av.VideoFrame] = []
-    deadline = time.monotonic() + seconds
+    deadline = float("inf")
     with av.open(url, timeout=(10.0, 10.0)) as container:
         for frame in container.decode(video=0):
+            if not frames:  # count from the first frame: opening probes the stream for a while
+                deadline = time.monotonic() + seconds
             frames.append(frame)
             if on_frame is not None:
                 on_frame(frame)
