@@ -230,6 +230,11 @@ class MqttConfig(Strict):
     discovery: bool = Field(True, description="Publish Home Assistant MQTT discovery.")
     discovery_prefix: str = Field("homeassistant", pattern=NAME_PATTERN, description="HA discovery prefix.")
     snapshots: bool = Field(True, description="Publish a JPEG of the ANONYMIZED frame when an event starts.")
+    remove_stale_devices: bool = Field(
+        True,
+        description="Remove the Home Assistant devices of cameras no longer in the config (found from "
+        "their retained discovery messages).",
+    )
     allow_remote_unmask: bool = Field(
         False, description="Allow `<prefix>/<cam>/privacy/set OFF` to turn masking off. Leave off."
     )

@@ -150,3 +150,28 @@ def test_removal_is_empty_retained() -> None:
     (message,) = removal_messages(make_config(), ["front"])
     assert message.topic == "homeassistant/device/deid_front/config"
     assert message.payload == b"" and message.retain
+
+
+@pytest.mark.parametrize(
+    ("topic", "payload", "removed"),
+    [
+        ("homeassistant/device/deid_old_cam/config", {"o": {"name": "deid-sidecar"}}, True),
+        (
+            "homeassistant/device/deid_front/config",
+            {"o": {"name": "deid-sidecar"}},
+            False,
+        ),  # still configured
+        ("homeassistant/device/deid_old_cam/config", {"o": {"name": "frigate"}}, False),  # not ours
+        ("homeassistant/device/frigate_cam/config", {"o": {"name": "deid-sidecar"}}, False),  # other prefix
+        ("homeassistant/device/deid_old_cam/config", None, False),  # already removed (empty payload)
+    ],
+)
+def test_stale_devices_of_removed_cameras_are_cleared(topic: str, payload: object, removed: bool) -> None:
+    from deid_sidecar.events.discovery import stale_device_removal
+
+    config = parse_config({"mqtt": {"enabled": True}, "cameras": {"front": {"source": "go2rtc:front"}}})
+    raw = b"" if payload is None else json.dumps(payload).encode()
+    message = stale_device_removal(config, topic, raw)
+    assert (message is not None) == removed
+    if message is not None:
+        assert message.topic == topic and message.retain and message.payload_bytes == b""

@@ -385,3 +385,23 @@ def test_outbox_bounds_items_and_bytes() -> None:
     box.put(Message("t", "s") for _ in range(20))
     assert len(box) == 10 and box.high_water == 10
     assert box.dropped == 3 + 12
+
+
+def test_devices_of_cameras_removed_from_the_config_are_cleared(broker: Broker) -> None:
+    recorder = Recorder(broker.port, ["homeassistant/device/+/config"])
+    old = make_config(broker.port, client_id="deid-old")
+    old = old.model_copy(update={"cameras": {**old.cameras, "garage": old.cameras["front"]}})
+    first = MqttEvents(old)
+    first.start()
+    recorder.wait_topic("homeassistant/device/deid_garage/config")
+    first.stop()
+    mark = recorder.mark()
+    events = MqttEvents(make_config(broker.port))  # garage is gone from the config
+    events.start()
+    try:
+        recorder.wait_topic("homeassistant/device/deid_garage/config", payload=b"", start=mark)
+        current = recorder.on_topic("homeassistant/device/deid_front/config")
+        assert current[-1].payload, "configured cameras keep their device"
+    finally:
+        events.stop()
+        recorder.close()

@@ -16,7 +16,7 @@ from typing import Any
 
 from deid_sidecar import __version__
 from deid_sidecar.config import Config, Method
-from deid_sidecar.events.topics import OFFLINE, ONLINE, Message, Topics, retained
+from deid_sidecar.events.topics import OFFLINE, ONLINE, Message, Topics, retained, safe_id
 
 ORIGIN_NAME = "deid-sidecar"
 MANUFACTURER = "deid-sidecar"
@@ -205,6 +205,21 @@ def discovery_messages(
         )
         for camera in names
     ]
+
+
+def stale_device_removal(config: Config, topic: str, payload: bytes) -> Message | None:
+    """The removal for a retained discovery config that this sidecar published for a camera it no
+    longer has; None for current cameras, other publishers' devices and anything unparsable."""
+    topics = Topics(config.mqtt.prefix, config.mqtt.discovery_prefix)
+    current = {topics.discovery(camera) for camera in config.cameras}
+    ours = f"{config.mqtt.discovery_prefix}/device/{safe_id(config.mqtt.prefix)}_"
+    if not payload or topic in current or not topic.startswith(ours) or not topic.endswith("/config"):
+        return None
+    try:
+        origin = json.loads(payload).get("o", {}).get("name")
+    except (ValueError, AttributeError):
+        return None
+    return retained(topic, b"") if origin == ORIGIN_NAME else None
 
 
 def removal_messages(config: Config, cameras: Iterable[str]) -> list[Message]:

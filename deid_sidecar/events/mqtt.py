@@ -41,7 +41,7 @@ from deid_sidecar import __version__
 from deid_sidecar.config import Config
 from deid_sidecar.core.detections import Detections
 from deid_sidecar.events.commands import CameraControl, CommandHandler, subscriptions
-from deid_sidecar.events.discovery import discovery_messages, removal_messages
+from deid_sidecar.events.discovery import discovery_messages, removal_messages, stale_device_removal
 from deid_sidecar.events.topics import OFFLINE, ONLINE, Message, Topics, retained
 from deid_sidecar.events.tracker_events import EventTracker
 
@@ -301,6 +301,9 @@ class MqttEvents:
         topics = [(topic, 1) for topic in subscriptions(self.topics)]
         if self._mqtt.discovery:
             topics.append((self.topics.ha_status, 1))
+        if self._mqtt.discovery and self._mqtt.remove_stale_devices:
+            # Retained configs of every device come back at once; ours for removed cameras get cleared.
+            topics.append((self._stale_filter, 1))
         client.subscribe(topics)
         with self.outbox.cond:
             self._resync = True
@@ -316,8 +319,20 @@ class MqttEvents:
         if not self._stopping:
             log.warning("MQTT: disconnected (%s); reconnecting in the background", reason_code)
 
+    @property
+    def _stale_filter(self) -> str:
+        return f"{self._mqtt.discovery_prefix}/device/+/config"
+
     def _on_message(self, client: Any, userdata: Any, message: Any) -> None:
         topic: str = message.topic
+        if mqtt.topic_matches_sub(self._stale_filter, topic):
+            removal = stale_device_removal(self._config, topic, bytes(message.payload))
+            if removal is not None:
+                log.info(
+                    "MQTT: removing the Home Assistant device of a camera no longer configured: %s", topic
+                )
+                self._enqueue([removal])
+            return
         if topic == self.topics.ha_status:
             if message.payload.strip() == ONLINE.encode():
                 log.info("MQTT: Home Assistant came online; re-sending discovery and state")
