@@ -79,7 +79,14 @@ class App:
     async def run(self, stop: asyncio.Event) -> None:
         loop = asyncio.get_running_loop()
         server = self.config.server
-        web_app = build_app(self.pipelines, _secret(server.token), _secret(server.stream_token))
+        # Listening beyond loopback without a token turns auth on with a generated one (logged once).
+        web_app = build_app(
+            self.pipelines,
+            _secret(server.token),
+            _secret(server.stream_token),
+            config=self.config,
+            host=server.host,
+        )
         runner = web.AppRunner(web_app, access_log=None)
         await runner.setup()
         site = web.TCPSite(runner, server.host, server.port)

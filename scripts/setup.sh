@@ -7,7 +7,8 @@ profile="${1:-runtime}"
 
 apt_runtime=(ffmpeg)
 apt_test=(mosquitto gir1.2-gst-rtsp-server-1.0 python3-gi gstreamer1.0-tools gstreamer1.0-plugins-base
-          gstreamer1.0-plugins-good gstreamer1.0-plugins-bad gstreamer1.0-plugins-ugly gstreamer1.0-libav)
+          gstreamer1.0-plugins-good gstreamer1.0-plugins-bad gstreamer1.0-plugins-ugly gstreamer1.0-libav
+          chromium chromium-driver)
 wanted=("${apt_runtime[@]}")
 [ "$profile" = test ] && wanted+=("${apt_test[@]}")
 

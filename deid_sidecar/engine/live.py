@@ -12,6 +12,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable
+from typing import Any
 
 import cv2
 import numpy as np
@@ -306,10 +307,10 @@ class CameraPipeline:
         self._raw_image: Image | None = None
         process = self.processor.process
 
-        def tapped(image: Image, t: float, index: int, generation: int = 0) -> list[Processed]:
+        def tapped(image: Image, *args: Any, **kwargs: Any) -> list[Processed]:
             if self.raw_viewers > 0:
                 self._raw_image = image.copy()
-            return process(image, t, index, generation)
+            return process(image, *args, **kwargs)
 
         setattr(self.processor, "process", tapped)  # noqa: B010 (mypy forbids assigning a method)
 

@@ -1,115 +1,188 @@
-"""The sidecar's HTTP server: anonymized streams, stats, snapshots, health, and a status page.
+"""The sidecar's HTTP server: anonymized streams, the web UI and its JSON API, health and metrics.
 
-Only ANONYMIZED pictures are ever served. `/healthz` and the stream URLs are open (go2rtc and the
-container health check read them; the streams can carry their own token); everything under
-`/api/` needs the bearer token when one is configured.
+Only ANONYMIZED pictures are served, except the admin-only original view, which is off unless
+`allow_original_view` is given and audits every viewing. `/healthz` and the stream URLs are open
+(go2rtc and the container health check read them; streams can carry their own token); everything
+else needs auth when auth is on (see `auth.py`). The routes are documented in `openapi.yaml`;
+a test checks both lists match.
 """
 
 from __future__ import annotations
 
 import asyncio
-import hmac
-import html
-from collections.abc import Awaitable, Callable, Mapping
-from typing import Any
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from importlib import resources
+from pathlib import Path
 
 from aiohttp import web
 
 from deid_sidecar import __version__
+from deid_sidecar.config import Config, parse_config
+from deid_sidecar.core.detections import Label
+from deid_sidecar.detect.base import Detector
 from deid_sidecar.engine.live import CameraPipeline
+from deid_sidecar.jobs import DetectorFactory, JobError, JobManager
 from deid_sidecar.outputs.http_ts import stream_routes
+from deid_sidecar.web import auth, cameras, metrics, pages, uploads
+from deid_sidecar.web.state import STATE_KEY, ApiError, CameraSettings, WebState
+
+log = logging.getLogger(__name__)
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-PIPELINES_KEY = web.AppKey("pipelines", dict[str, CameraPipeline])
+#: How often finished jobs past their ttl are deleted.
+EXPIRE_EVERY_S = 60.0
+DEFAULT_UPLOAD_BYTES = 500 << 20
 
 
 def _json_error(status: int, message: str) -> web.Response:
     return web.json_response({"error": message}, status=status)
 
 
-def _auth_middleware(token: str | None) -> Any:
-    @web.middleware
-    async def check(request: web.Request, handler: Handler) -> web.StreamResponse:
-        if token and request.path.startswith("/api/"):
-            given = request.headers.get("Authorization", "").removeprefix("Bearer ").strip()
-            if not hmac.compare_digest(given.encode(), token.encode()):
-                return _json_error(401, "missing or wrong bearer token")
+@web.middleware
+async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Every error answer is JSON naming what is wrong; never a traceback."""
+    try:
         return await handler(request)
-
-    return check
-
-
-def _pipeline(request: web.Request) -> CameraPipeline:
-    name = request.match_info["name"]
-    pipeline = request.app[PIPELINES_KEY].get(name)
-    if pipeline is None:
-        raise web.HTTPNotFound(
-            text=f'{{"error": "unknown camera {name!r}"}}', content_type="application/json"
-        )
-    return pipeline
+    except (ApiError, JobError) as exc:
+        return _json_error(exc.status, exc.message)
+    except web.HTTPException as exc:
+        if exc.status < 400 or exc.content_type == "application/json":
+            raise
+        return _json_error(exc.status, exc.reason)
+    except asyncio.CancelledError:
+        raise
+    except Exception:
+        log.exception("%s %s failed", request.method, request.path)
+        return _json_error(500, "internal error (see the server log)")
 
 
 async def healthz(request: web.Request) -> web.Response:
-    cameras = {name: p.stats.snapshot()["state"] for name, p in request.app[PIPELINES_KEY].items()}
-    return web.json_response({"status": "ok", "version": __version__, "cameras": cameras})
+    state = request.app[STATE_KEY]
+    cameras_state = {
+        name: "paused" if p.paused else p.stats.snapshot()["state"] for name, p in state.pipelines.items()
+    }
+    return web.json_response({"status": "ok", "version": __version__, "cameras": cameras_state})
 
 
-async def stats(request: web.Request) -> web.Response:
-    return web.json_response(
-        {"cameras": {name: p.stats.snapshot() for name, p in request.app[PIPELINES_KEY].items()}}
-    )
+async def openapi(request: web.Request) -> web.Response:
+    text = resources.files("deid_sidecar.web").joinpath("static", "openapi.yaml").read_text(encoding="utf-8")
+    return web.Response(text=text, content_type="application/yaml")
 
 
-async def snapshot(request: web.Request) -> web.Response:
-    """JPEG of the newest ANONYMIZED frame (encoded off the event loop)."""
-    encode = _pipeline(request).latest_jpeg
-    if encode is None:
-        return _json_error(503, "no frame published yet")
-    data = await asyncio.get_running_loop().run_in_executor(None, encode)
-    return web.Response(body=data, content_type="image/jpeg", headers={"Cache-Control": "no-store"})
+def _default_detector(config: Config, labels: set[Label]) -> Detector:
+    from deid_sidecar.detect.detector import build_detector
+
+    detector: Detector = build_detector(config, labels)
+    return detector
 
 
-async def index(request: web.Request) -> web.Response:
-    rows = []
-    for name, pipeline in request.app[PIPELINES_KEY].items():
-        cam, out = html.escape(name), html.escape(pipeline.output)
-        rows.append(
-            f"<section><h2>{cam} &rarr; {out}</h2>"
-            f'<img data-cam="{cam}" src="/api/cameras/{cam}/snapshot.jpg" alt="anonymized {cam}">'
-            f"<p>Stream for go2rtc: <code>/streams/{out}.ts</code></p></section>"
-        )
-    page = _PAGE.replace("{{sections}}", "\n".join(rows) or "<p>No cameras configured.</p>")
-    return web.Response(text=page, content_type="text/html")
+def _routes() -> list[web.RouteDef]:
+    return [
+        web.get("/", pages.cameras_page),
+        web.get("/jobs", pages.jobs_page),
+        web.get("/login", auth.login_page),
+        web.post("/login", auth.login),
+        web.post("/logout", auth.logout),
+        web.get("/static/{name}", pages.static_file),
+        web.get("/healthz", healthz),
+        web.get("/metrics", metrics.metrics),
+        web.get("/api/openapi.yaml", openapi),
+        web.get("/api/session", pages.session_info),
+        web.get("/api/stats", cameras.stats),
+        web.get("/api/cameras", cameras.list_cameras),
+        web.post("/api/cameras", cameras.add_camera),
+        web.get("/api/cameras/{name}", cameras.get_camera),
+        web.patch("/api/cameras/{name}", cameras.patch_camera),
+        web.post("/api/cameras/{name}/start", cameras.start_camera),
+        web.post("/api/cameras/{name}/stop", cameras.stop_camera),
+        web.get("/api/cameras/{name}/snapshot.jpg", cameras.snapshot),
+        web.get("/api/cameras/{name}/mjpeg", cameras.mjpeg),
+        web.get("/api/cameras/{name}/original.mjpeg", cameras.original_mjpeg),
+        web.get("/api/audit/original-views", cameras.original_views),
+        web.post("/api/probe", cameras.probe),
+        web.post("/api/config/save", cameras.save_config),
+        web.post("/api/jobs", uploads.create_job),
+        web.get("/api/jobs", uploads.list_jobs),
+        web.get("/api/jobs/{id}", uploads.get_job),
+        web.get("/api/jobs/{id}/result", uploads.job_result),
+        web.get("/api/jobs/{id}/audit", uploads.job_audit),
+        web.post("/api/image", uploads.anonymize_one_image),
+    ]
 
 
-_PAGE = """<!doctype html>
-<html lang="en"><head><meta charset="utf-8"><title>deid-sidecar</title>
-<style>body{font-family:system-ui,sans-serif;margin:2rem;background:#111;color:#eee}
-img{max-width:100%;width:960px;border:1px solid #444}code{color:#9cf}</style></head>
-<body><h1>deid-sidecar</h1><p>Anonymized output of each camera (refreshes every second).
-Stats: <a href="/api/stats" style="color:#9cf">/api/stats</a></p>
-{{sections}}
-<script>
-setInterval(() => document.querySelectorAll("img[data-cam]").forEach(img => {
-  img.src = `/api/cameras/${img.dataset.cam}/snapshot.jpg?t=${Date.now()}`;
-}), 1000);
-</script></body></html>
-"""
+async def _background(app: web.Application) -> AsyncIterator[None]:
+    """Expire old jobs while the app runs; on shutdown stop what this app started."""
+    state = app[STATE_KEY]
+
+    async def expire_loop() -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            await asyncio.sleep(EXPIRE_EVERY_S)
+            await loop.run_in_executor(None, state.jobs.expire)  # rmtree is blocking
+
+    task = asyncio.create_task(expire_loop(), name="jobs-expiry")
+    yield
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+    loop = asyncio.get_running_loop()
+    added = [state.pipelines[name] for name in state.added]
+    await asyncio.gather(*(loop.run_in_executor(None, p.stop) for p in added), return_exceptions=True)
+    await loop.run_in_executor(None, state.jobs.close)
 
 
 def build_app(
-    pipelines: Mapping[str, CameraPipeline], api_token: str | None, stream_token: str | None
+    pipelines: Mapping[str, CameraPipeline],
+    api_token: str | None,
+    stream_token: str | None,
+    *,
+    config: Config | None = None,
+    config_path: Path | None = None,
+    host: str = "127.0.0.1",
+    users: Mapping[str, auth.WebUser] | None = None,
+    allow_original_view: bool = False,
+    jobs_dir: Path | None = None,
+    job_limit: int = 1,
+    job_ttl_s: float = 3600.0,
+    max_upload_bytes: int = DEFAULT_UPLOAD_BYTES,
+    detector_factory: DetectorFactory | None = None,
 ) -> web.Application:
-    app = web.Application(middlewares=[_auth_middleware(api_token)])
-    app[PIPELINES_KEY] = dict(pipelines)
-    hubs = {p.output: p.hub for p in pipelines.values()}
-    app.add_routes(stream_routes(hubs, stream_token))
-    app.add_routes(
-        [
-            web.get("/", index),
-            web.get("/healthz", healthz),
-            web.get("/api/stats", stats),
-            web.get("/api/cameras/{name}/snapshot.jpg", snapshot),
-        ]
+    """The web app for `pipelines`.
+
+    `host` is where the server listens: beyond loopback, auth turns on by itself (a generated
+    token) when neither `api_token` nor `users` is given. `config_path` is the file
+    `POST /api/config/save` writes into; `jobs_dir` defaults to a temporary folder.
+    """
+    config = config if config is not None else parse_config({})
+    factory = detector_factory or _default_detector
+    access = auth.Auth(api_token, users, host)
+    state = WebState(
+        config=config,
+        config_path=config_path,
+        pipelines=dict(pipelines),
+        hubs={p.output: p.hub for p in pipelines.values()},
+        settings={n: CameraSettings.from_camera(p.camera, config) for n, p in pipelines.items()},
+        jobs=JobManager(config, factory, jobs_dir, job_limit, job_ttl_s),
+        auth=access,
+        detector_factory=factory,
+        allow_original_view=allow_original_view,
+        max_upload_bytes=max_upload_bytes,
     )
+    if allow_original_view:
+        for pipeline in state.pipelines.values():
+            pipeline.enable_raw_capture()
+    app = web.Application(middlewares=[error_middleware, auth.auth_middleware(access)])
+    app[STATE_KEY] = state
+    app[auth.IDENTITY_KEY] = access
+    app.add_routes(stream_routes(state.hubs, stream_token))  # reads the dict: added cameras appear
+    app.add_routes(_routes())
+    app.cleanup_ctx.append(_background)
     return app
+
+
+def generated_token(app: web.Application) -> str | None:
+    """The token made up at start (auth on by default), for tests and the CLI; else None."""
+    access = app[auth.IDENTITY_KEY]
+    return access.token if access.generated else None

@@ -1,0 +1,5 @@
+"use strict";
+// Carry ?next= into the form and show a failed attempt; the server checks `next` is a local path.
+const params = new URLSearchParams(location.search);
+document.getElementById("next").value = params.get("next") || "/";
+document.getElementById("failed").hidden = !params.has("failed");
