@@ -21,6 +21,7 @@ from deid_sidecar.core.detections import Label
 from deid_sidecar.engine.live import CameraPipeline
 from deid_sidecar.engine.observer import FrameObserver
 from deid_sidecar.errors import UserError
+from deid_sidecar.web.auth import WebUser
 from deid_sidecar.web.server import build_app
 
 log = logging.getLogger(__name__)
@@ -63,8 +64,9 @@ def _load_detectors(config: Config, pipelines: dict[str, CameraPipeline]) -> Non
 
 
 class App:
-    def __init__(self, config: Config) -> None:
+    def __init__(self, config: Config, config_path: Path | None = None) -> None:
         self.config = config
+        self.config_path = config_path
         self.events: Any = None
         if config.mqtt.enabled:
             from deid_sidecar.events.mqtt import MqttEvents
@@ -85,7 +87,17 @@ class App:
             _secret(server.token),
             _secret(server.stream_token),
             config=self.config,
+            config_path=self.config_path,
             host=server.host,
+            users={
+                name: WebUser(name, user.password.get_secret_value(), user.admin)
+                for name, user in server.users.items()
+            },
+            allow_original_view=server.allow_original_view,
+            jobs_dir=Path(server.jobs_dir) if server.jobs_dir else None,
+            job_limit=server.job_concurrency,
+            job_ttl_s=server.job_ttl_s,
+            max_upload_bytes=server.max_upload_mb << 20,
         )
         runner = web.AppRunner(web_app, access_log=None)
         await runner.setup()
@@ -163,19 +175,20 @@ class App:
             detectors.cancel()
 
 
-async def _main(config: Config) -> None:
+async def _main(config: Config, config_path: Path | None) -> None:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, stop.set)
-    app = App(config)
+    app = App(config, config_path)
     await app.run(stop)
 
 
-def run_app(config: Config) -> int:
+def run_app(config: Config, config_path: Path | None = None) -> int:
+    """Run until SIGINT/SIGTERM. `config_path` is where the web UI saves settings (none: demo)."""
     if not config.cameras:
         raise UserError("the config has no cameras")
     check_models(config)
     logging.getLogger().setLevel(config.log_level.upper())
-    asyncio.run(_main(config))
+    asyncio.run(_main(config, config_path))
     return 0

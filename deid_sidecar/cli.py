@@ -39,8 +39,9 @@ def _cmd_run(args: argparse.Namespace) -> int:
     from deid_sidecar.app import run_app
     from deid_sidecar.demo import demo_config
 
-    config = load_config(args.config) if args.config else demo_config()
-    return run_app(config)
+    if args.config:
+        return run_app(load_config(args.config), Path(args.config))
+    return run_app(demo_config())
 
 
 def _protect_list(value: str | None) -> list[str] | None:

@@ -205,6 +205,13 @@ class Go2rtcConfig(Strict):
     remove_on_exit: bool = Field(False, description="DELETE registered streams when the sidecar stops.")
 
 
+class WebUserConfig(Strict):
+    password: SecretStr = Field(description="Web UI login password. Use ${ENV}.")
+    admin: bool = Field(
+        False, description="May add cameras, save the config and (when enabled) see the original view."
+    )
+
+
 class ServerConfig(Strict):
     host: str = Field("0.0.0.0", description="Address the HTTP server listens on.")  # noqa: S104
     port: int = Field(8080, ge=1, le=65535, description="HTTP port: streams, API, web UI.")
@@ -214,6 +221,22 @@ class ServerConfig(Strict):
     stream_token: SecretStr | None = Field(
         None, description="Optional token go2rtc must send (?token=) to read the stream URLs."
     )
+    users: dict[Annotated[str, Field(pattern=NAME_PATTERN)], WebUserConfig] = Field(
+        default_factory=dict, description="Web UI logins besides `token` (username -> password, admin)."
+    )
+    allow_original_view: bool = Field(
+        False,
+        description="Let admins view cameras BEFORE anonymization in the web UI; every viewing is "
+        "logged and audited. Leave off.",
+    )
+    jobs_dir: str | None = Field(
+        None, description="Folder for upload-job results; default: a temporary folder."
+    )
+    job_concurrency: int = Field(1, ge=1, le=16, description="Upload jobs that run at the same time.")
+    job_ttl_s: float = Field(
+        3600.0, ge=60.0, le=604800.0, description="Seconds a finished job's result is kept before deletion."
+    )
+    max_upload_mb: int = Field(500, ge=1, le=20000, description="Largest accepted upload in MB.")
 
 
 class MqttConfig(Strict):

@@ -13,8 +13,10 @@ from deid_sidecar.errors import ConfigError
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def test_example_config_documents_a_valid_setup() -> None:
+def test_example_config_documents_a_valid_setup(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("DEID_ADMIN_PASSWORD", "from-the-environment")
     config = load_config(ROOT / "config.example.yml")
+    assert config.server.users["admin"].password.get_secret_value() == "from-the-environment"
     assert set(config.cameras) == {"front_door", "driveway"}
     assert config.cameras["front_door"].zones[0].name == "neighbours_window"
 
