@@ -121,10 +121,14 @@ def build_detections(
     )
 
 
+#: What `prepare` hands onnxruntime: float32 NCHW for most models, uint8 NHWC for TF-exported graphs.
+InputTensor = npt.NDArray[np.generic]
+
+
 class Adapter(Protocol):
     label: Label
 
-    def prepare(self, image: Image, input_width: int) -> tuple[FloatArray, Letterbox]: ...
+    def prepare(self, image: Image, input_width: int) -> tuple[InputTensor, Letterbox]: ...
 
     def decode(self, outputs: Outputs, meta: Letterbox, threshold: float) -> Detections: ...
 
@@ -314,3 +318,42 @@ class RetinaPlateAdapter:
         # The model emits bottom-right, bottom-left, top-left, top-right; give them clockwise from top-left.
         corners = corners[:, self.corner_order]
         return build_detections(xyxy, conf[keep, 1], self.label, meta, self.iou_threshold, corners)
+
+
+@dataclass
+class TfObjectDetectionAdapter:
+    """TF Object Detection API graph (tf2onnx): uint8 RGB NHWC in; normalized boxes after NMS out.
+
+    Outputs in the order `models/export_tf.py` fixes: boxes (1, N, 4) ymin, xmin, ymax, xmax in 0..1,
+    scores (1, N), classes (1, N) 1-based, num_detections (1,).
+    """
+
+    label: Label = Label.PERSON
+    #: The graph's own input size; it was trained on frames stretched to it (no letterbox).
+    size_wh: tuple[int, int] = (300, 300)
+    #: Only these 1-based class ids count (None: all); 1 is "person" in COCO and in pedestrian models.
+    classes: tuple[int, ...] | None = (1,)
+
+    def prepare(self, image: Image, input_width: int) -> tuple[npt.NDArray[np.uint8], Letterbox]:
+        """Stretch to the model size (`input_width` is not used: the graph resizes to 300x300 anyway)."""
+        height, width = image.shape[:2]
+        resized = cv2.resize(image, self.size_wh, interpolation=cv2.INTER_LINEAR)
+        tensor = np.ascontiguousarray(cv2.cvtColor(resized, cv2.COLOR_BGR2RGB)[None], dtype=np.uint8)
+        # Boxes come normalized to the whole input, so the frame itself is the coordinate space: decode
+        # scales by the frame's size and the meta maps 1:1.
+        return tensor, Letterbox(1.0, 0.0, 0.0, width, height)
+
+    def decode(self, outputs: Outputs, meta: Letterbox, threshold: float) -> Detections:
+        boxes, scores, classes, count = (np.asarray(o, np.float32) for o in outputs[:4])
+        if boxes.ndim != 3 or boxes.shape[2] != 4 or scores.shape != boxes.shape[:2]:
+            raise ValueError(f"TF detection outputs: unexpected shapes {boxes.shape}, {scores.shape}")
+        n = min(int(count.reshape(-1)[0]), boxes.shape[1])
+        boxes, scores, classes = boxes[0, :n], scores[0, :n], classes[0, :n]
+        keep = scores > threshold
+        if self.classes is not None:
+            keep &= np.isin(np.rint(classes).astype(np.int64), self.classes)
+        ymin, xmin, ymax, xmax = boxes[keep].T
+        w, h = np.float32(meta.input_w), np.float32(meta.input_h)
+        xyxy = np.stack([xmin * w, ymin * h, xmax * w, ymax * h], axis=1).astype(np.float32)
+        # The graph ran NMS already; ours only merges exact duplicates.
+        return build_detections(xyxy, scores[keep], self.label, meta, 0.95)

@@ -19,6 +19,7 @@ from deid_sidecar.detect.adapters import (
     CenterFaceAdapter,
     RetinaPlateAdapter,
     ScrfdAdapter,
+    TfObjectDetectionAdapter,
     YoloAdapter,
 )
 from deid_sidecar.detect.base import Image
@@ -34,6 +35,7 @@ _ADAPTERS: dict[AdapterName, AdapterFactory] = {
     "yolo": lambda label, size: YoloAdapter(label=label, fixed_size=size),
     "scrfd": lambda label, size: ScrfdAdapter(label=label, fixed_size=size),
     "retinaplate": lambda label, _size: RetinaPlateAdapter(label=label),
+    "tfod": lambda label, _size: TfObjectDetectionAdapter(label=label),
 }
 
 

@@ -30,6 +30,11 @@ EXPORT_DEPS = (
 TORCHVISION_STAND_IN_VERSION = "0.28.0"
 EXPORT_TIMEOUT_S = 1800
 
+#: TF Object Detection API graph -> ONNX: a tensorflow-cpu with Python 3.11 wheels that tf2onnx 1.17
+#: was tried with on the person graph; onnx pinned because new onnx releases have broken tf2onnx before.
+#: About 250 MB of wheels, under 2 minutes to install; the conversion and check take about 30 s.
+TF_EXPORT_PINS = ("tensorflow-cpu==2.19.1", "tf2onnx==1.17.0", "onnx==1.22.0", "onnxruntime")
+
 CENTERFACE_INPUT = "input.1"
 #: CenterFace outputs: heatmap, scale, offset, landmarks (all at stride 4).
 CENTERFACE_OUTPUTS = {"537": 1, "538": 2, "539": 2, "540": 10}
@@ -72,6 +77,36 @@ def export_yolo(checkpoint: Path, dest: Path, scratch_root: Path) -> None:
         script = Path(__file__).with_name("export_yolo.py")
         env = {**os.environ, "YOLO_CONFIG_DIR": str(Path(tmp) / "config"), "YOLO_OFFLINE": "1"}
         _run([str(python), str(script), str(checkpoint), str(dest)], "ONNX export", env)
+
+
+def export_tf_detection(graph: Path, dest: Path, scratch_root: Path, check_image: Path) -> None:
+    """Convert a TF Object Detection API frozen graph to ONNX in a throw-away virtual environment that
+    is deleted after; the script compares TF and onnxruntime on `check_image` (a photo with people)."""
+    import cv2
+    import numpy as np
+
+    from deid_sidecar.detect.adapters import TfObjectDetectionAdapter
+
+    image = cv2.imread(str(check_image))
+    if image is None:
+        raise UserError(f"cannot read the check image {check_image.name}")
+    # The adapter's own preprocessing, so the check sees what detection will feed the model.
+    tensor, _meta = TfObjectDetectionAdapter().prepare(np.asarray(image, np.uint8), 0)
+    scratch_root.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=scratch_root, prefix="tf-export-") as tmp:
+        check_input = Path(tmp) / "check.npy"
+        np.save(check_input, tensor)
+        venv = Path(tmp) / "venv"
+        _run([sys.executable, "-m", "venv", str(venv)], "creating the export environment")
+        python = venv / "bin" / "python"
+        pip = [str(python), "-m", "pip", "install", "--quiet", "--disable-pip-version-check"]
+        _run([*pip, *TF_EXPORT_PINS], f"pip install {' '.join(TF_EXPORT_PINS[:2])}")
+        script = Path(__file__).with_name("export_tf.py")
+        # TF's info logs would bury the script's one-line failure, which `_run` reports as the last line.
+        env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
+        _run(
+            [str(python), str(script), str(graph), str(dest), str(check_input)], "TF -> ONNX conversion", env
+        )
 
 
 def _make_export_env(venv: Path) -> Path:

@@ -34,6 +34,8 @@ from deid_sidecar.models.registry import (
 #: Seconds a single `pip download`, `apt-get download` or URL fetch may take.
 DOWNLOAD_TIMEOUT_S = 600
 URL_TIMEOUT_S = 60
+#: Media id of the photo a converted detector is checked on against its original framework.
+CHECK_MEDIA = "t1"
 
 Printer = Callable[[str], None]
 
@@ -93,11 +95,21 @@ def _convert_and_install(spec: ModelSpec, raw: Path, target: Path, cache: Path) 
             shutil.copyfile(raw, converted)
         elif spec.conversion is Conversion.SYMBOLIC_DIMS:
             convert.centerface_symbolic_dims(raw, converted)
+        elif spec.conversion is Conversion.TF_DETECTION:
+            convert.export_tf_detection(raw, converted, cache.parent, _check_image(cache))
         else:
             convert.export_yolo(raw, converted, cache.parent)
         if spec.sha256 is not None:
             verify(converted, spec.sha256, spec.id)
         install_atomic(converted, target)
+
+
+def _check_image(cache: Path) -> Path:
+    """A pinned real photo with people (from a 1.2 MB wheel) that conversions compare outputs on."""
+    media = get_media(CHECK_MEDIA)
+    path = _obtain(media.source, cache)
+    verify(path, media.sha256, media.id)
+    return path
 
 
 def _obtain(source: Source, cache: Path) -> Path:

