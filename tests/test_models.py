@@ -27,8 +27,8 @@ def test_registry_is_consistent() -> None:
 
 
 def test_unknown_model_lists_known_ids(tmp_path: Path) -> None:
-    with pytest.raises(ModelMissingError, match=r"unknown model 'ssdlite-person' \(known: centerface"):
-        registry.model_path(tmp_path, "ssdlite-person")
+    with pytest.raises(ModelMissingError, match=r"unknown model 'no-such-model' \(known: centerface"):
+        registry.model_path(tmp_path, "no-such-model")
     with pytest.raises(UserError, match="unknown media"):
         fetch.fetch_media(["nope"], tmp_path)
 
