@@ -29,11 +29,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import leakgen
 import leakmetric
 
+from deid_sidecar.config import AnonymizeConfig
+
 REPO = Path(__file__).resolve().parents[1]
 VENV_BIN = Path(sys.executable).parent
 DEFACE_VENV = REPO / "bench" / "out" / "venv-deface"
 MEDIA_IDS = ["t1", "astronaut", "car-plate", "vtest"]
-BASELINE_MARGIN = 0.15  # same default margin as the engine's anonymize.margin
+BASELINE_MARGIN = AnonymizeConfig().margin  # the engine's default anonymize.margin
 
 ModeFn = Callable[[Path, Path, Path], int]
 

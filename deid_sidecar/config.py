@@ -68,6 +68,12 @@ class DetectorConfig(Strict):
     input_width: int = Field(
         640, ge=128, le=3840, description="Long side the frame is resized to before inference (pixels)."
     )
+    file_input_width: int = Field(
+        960,
+        ge=128,
+        le=3840,
+        description="Long side for inference in file mode, where small faces matter more than speed.",
+    )
 
     @model_validator(mode="after")
     def _event_not_below_mask(self) -> DetectorConfig:
@@ -101,7 +107,12 @@ class DetectionConfig(Strict):
 
 class AnonymizeConfig(Strict):
     method: Method = Field(Method.BLUR, description="How objects are hidden.")
-    margin: float = Field(0.15, ge=0.0, le=1.0, description="Grow each box by this fraction on every side.")
+    margin: float = Field(
+        0.25,
+        ge=0.0,
+        le=1.0,
+        description="Grow each box by this fraction on every side (ears, hair and a turned head's edge).",
+    )
     shape: Literal["box", "ellipse"] = Field(
         "box", description="Masked shape for faces (plates and persons always use the box)."
     )
@@ -177,6 +188,13 @@ class PrivacyConfig(Strict):
         ge=0,
         le=30,
         description="Run the full detector every Nth frame; 0 = choose from the measured cost.",
+    )
+    file_detect_every: int = Field(
+        2,
+        ge=1,
+        le=10,
+        description="File mode: full detection every Nth frame; tracks and one second of look-ahead "
+        "cover the frames between.",
     )
 
 

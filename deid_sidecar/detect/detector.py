@@ -110,9 +110,15 @@ class MultiDetector:
 
 
 def load_detector(
-    label: Label, settings: DetectorConfig, models_dir: Path, providers: Sequence[str], threads: int
+    label: Label,
+    settings: DetectorConfig,
+    models_dir: Path,
+    providers: Sequence[str],
+    threads: int,
+    input_width: int | None = None,
 ) -> OnnxDetector:
-    """Load, check and warm up the model configured for one label."""
+    """Load, check and warm up the model configured for one label (`input_width` overrides it)."""
+    width = input_width or settings.input_width
     spec = get_model(settings.model)
     if spec.task is not label:
         raise ConfigError(
@@ -120,20 +126,23 @@ def load_detector(
         )
     path = model_path(models_dir, spec.id)  # ModelMissingError names the fetch command
     session = runtime.shared_session(path, providers, threads)
-    detector = OnnxDetector(spec, session, settings.threshold, settings.input_width, label)
+    detector = OnnxDetector(spec, session, settings.threshold, width, label)
     detector.warm_up()
     log.info(
         "%s: %s loaded (threshold %.2f, input width %d)",
         label.key,
         spec.id,
         settings.threshold,
-        settings.input_width,
+        width,
     )
     return detector
 
 
-def build_detector(config: Config, protect: set[Label]) -> MultiDetector:
-    """The detectors for `protect`, as configured in `config.detection`."""
+def build_detector(config: Config, protect: set[Label], *, file_mode: bool = False) -> MultiDetector:
+    """The detectors for `protect`, as configured in `config.detection`.
+
+    `file_mode` uses each detector's `file_input_width`: offline, small faces matter more than speed.
+    """
     detection = config.detection
     detectors = []
     for label in sorted(protect):
@@ -141,7 +150,10 @@ def build_detector(config: Config, protect: set[Label]) -> MultiDetector:
         if not settings.enabled:
             # Protecting something nobody looks for would pass it through in the clear.
             raise ConfigError(f"detection.{label.key}.enabled is false, but a camera protects {label.key}")
+        width = settings.file_input_width if file_mode else settings.input_width
         detectors.append(
-            load_detector(label, settings, Path(config.models_dir), detection.providers, detection.threads)
+            load_detector(
+                label, settings, Path(config.models_dir), detection.providers, detection.threads, width
+            )
         )
     return MultiDetector(detectors)

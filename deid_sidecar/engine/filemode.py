@@ -71,7 +71,7 @@ def _protected_labels(config: Config, options: FileOptions) -> set[Label]:
 def _build_detector(config: Config, labels: set[Label]) -> Detector:
     from deid_sidecar.detect.detector import build_detector
 
-    detector: Detector = build_detector(config, labels)
+    detector: Detector = build_detector(config, labels, file_mode=True)
     return detector
 
 
@@ -188,9 +188,12 @@ class _FileRun:
         video.thread_type = "AUTO"  # offline: frame threading's delay does not matter
         fps = float(video.average_rate or 25)
         anonymizer = Anonymizer.from_config(config.anonymize, options.method)
+        # Offline there is no time budget; detection runs every `file_detect_every` frames and the
+        # look-ahead back-fills objects first seen later.
+        privacy = config.privacy.model_copy(update={"detect_every": config.privacy.file_detect_every})
         self.processor = FrameProcessor(
             detector,
-            config.privacy,
+            privacy,
             anonymizer,
             ZoneMasker([], False, anonymizer),
             realtime=False,
