@@ -148,17 +148,18 @@ class RtspCamera:
             self.process = None
 
 
-class ServerThread:
-    """The sidecar's HTTP server (streams, API) for `pipelines`, on its own event loop."""
+class AppThread:
+    """An aiohttp app served on 127.0.0.1 from its own event loop in a thread, so blocking test code
+    (PyAV readers, a browser, a subprocess) can talk to it."""
 
-    def __init__(self, pipelines: dict[str, CameraPipeline], api_token: str | None = None) -> None:
+    def __init__(self, app: web.Application) -> None:
         self.port = free_port()
-        self.app = build_app(pipelines, api_token, None)
+        self.app = app
         self._loop = asyncio.new_event_loop()
-        self._runner = web.AppRunner(self.app)
+        self._runner = web.AppRunner(app)
         self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
 
-    def __enter__(self) -> ServerThread:
+    def __enter__(self) -> AppThread:
         self._thread.start()
         asyncio.run_coroutine_threadsafe(self._start(), self._loop).result(10)
         return self
@@ -168,12 +169,17 @@ class ServerThread:
         await web.TCPSite(self._runner, "127.0.0.1", self.port).start()
 
     def __exit__(self, *exc: object) -> None:
-        asyncio.run_coroutine_threadsafe(self._runner.cleanup(), self._loop).result(10)
+        asyncio.run_coroutine_threadsafe(self._runner.cleanup(), self._loop).result(15)
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(5)
 
     def url(self, path: str) -> str:
         return f"http://127.0.0.1:{self.port}{path}"
+
+
+def ServerThread(pipelines: dict[str, CameraPipeline], api_token: str | None = None) -> AppThread:
+    """The sidecar's HTTP server (streams, API) for `pipelines`."""
+    return AppThread(build_app(pipelines, api_token, None))
 
 
 def read_stream(

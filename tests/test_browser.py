@@ -7,17 +7,14 @@ when DEID_UPDATE_SCREENSHOTS=1; otherwise to the test's temp folder, so runs lea
 
 from __future__ import annotations
 
-import asyncio
 import os
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from aiohttp import web
-from livekit import SecretDetector, free_port, write_clip
+from livekit import AppThread, SecretDetector, write_clip
 from selenium import webdriver
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
@@ -34,33 +31,6 @@ CHROMIUM = "/usr/bin/chromium"
 CHROMEDRIVER = "/usr/bin/chromedriver"
 TOKEN = "browser-test-token-42"
 SCREENSHOTS = Path(__file__).resolve().parents[1] / "docs" / "screenshots"
-
-
-class AppThread:
-    """The web app on its own event loop in a thread (the browser is a separate process)."""
-
-    def __init__(self, app: web.Application) -> None:
-        self.port = free_port()
-        self._runner = web.AppRunner(app)
-        self._loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
-
-    def __enter__(self) -> AppThread:
-        self._thread.start()
-        asyncio.run_coroutine_threadsafe(self._start(), self._loop).result(10)
-        return self
-
-    async def _start(self) -> None:
-        await self._runner.setup()
-        await web.TCPSite(self._runner, "127.0.0.1", self.port).start()
-
-    def __exit__(self, *exc: object) -> None:
-        asyncio.run_coroutine_threadsafe(self._runner.cleanup(), self._loop).result(15)
-        self._loop.call_soon_threadsafe(self._loop.stop)
-        self._thread.join(5)
-
-    def url(self, path: str) -> str:
-        return f"http://127.0.0.1:{self.port}{path}"
 
 
 @pytest.fixture(scope="module")
