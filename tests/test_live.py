@@ -11,6 +11,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import av
 import pytest
 from livekit import (
     FlakyDetector,
@@ -131,3 +132,26 @@ def test_a_method_change_keeps_the_zones_set_at_runtime(clip: Path) -> None:
     pipeline.set_method(Method.FILL)
     assert pipeline.zones == [zone]
     assert pipeline.processor.zones.mask_for(320, 240).any()
+
+
+def test_fps_and_height_change_live_with_continuous_timestamps(clip: Path) -> None:
+    pipeline = make_pipeline(f"file:{clip}", SecretDetector(), fps=10)
+    pipeline.start()
+    sizes: list[tuple[int, int]] = []
+
+    def change_once(frame: av.VideoFrame) -> None:
+        sizes.append((frame.width, frame.height))
+        if len(sizes) == 15:
+            pipeline.apply_output(fps=5, height=120)
+
+    try:
+        with ServerThread({"cam": pipeline}) as server:
+            frames = read_stream(server.url("/streams/cam_anon.ts"), seconds=6, on_frame=change_once)
+    finally:
+        pipeline.stop()
+    times = [float(f.time) for f in frames]
+    assert all(b > a for a, b in itertools.pairwise(times)), "timestamps never go backwards"
+    assert sizes[0] == (320, 240) and sizes[-1] == (160, 120)
+    late_steps = {round(b - a, 2) for a, b in itertools.pairwise(times[-10:])}
+    assert late_steps == {0.2}, f"5 fps after the change, got steps {late_steps}"
+    assert not any(leaks(f.to_ndarray(format="bgr24")) for f in frames)

@@ -12,7 +12,6 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from typing import Any
 
 import cv2
 import numpy as np
@@ -45,6 +44,42 @@ DEFAULT_SIZE = (1280, 720)
 TICKS_PER_S = int(1 / TIME_BASE)
 
 
+class OutputClock:
+    """Timestamps on a regular 1/fps grid from the worker's own clock, never the camera's.
+
+    A frame's slot is its time rounded to the grid; a slot already used is a frame too many
+    (the camera is faster than the output). The frame rate can change mid-stream: the grid is
+    re-based on the last frame, so timestamps keep increasing.
+    """
+
+    def __init__(self, fps: float, t0: float) -> None:
+        self.fps = fps
+        self._t0 = t0
+        self._slot0 = 0
+        self._pts0 = 0
+        self.last_slot = -1
+        self.last_pts = -1
+        self._last_t = t0
+
+    def slot(self, t: float) -> int:
+        return self._slot0 + round((t - self._t0) * self.fps)
+
+    def is_free(self, t: float) -> bool:
+        return self.slot(t) > self.last_slot
+
+    def next_pts(self, t: float) -> int:
+        """The pts (1/90000 s) of a frame published for time `t`; strictly increasing."""
+        self.last_slot = max(self.last_slot + 1, self.slot(t))
+        pts = self._pts0 + round((self.last_slot - self._slot0) * TICKS_PER_S / self.fps)
+        self.last_pts = max(self.last_pts + 1, pts)
+        self._last_t = max(self._last_t, t)
+        return self.last_pts
+
+    def set_fps(self, fps: float) -> None:
+        self._t0, self._slot0, self._pts0 = self._last_t, self.last_slot, self.last_pts
+        self.fps = fps
+
+
 def make_slate(width: int, height: int, text: str) -> Image:
     """A dark frame that says clearly why there is no picture."""
     slate = np.full((height, width, 3), 32, np.uint8)
@@ -71,7 +106,6 @@ class CameraPipeline:
         self.stats = CameraStats(name, self.output)
         self.hub = StreamHub(self.output, self.stats)
         self.observer = observer
-        self.fps = camera.output.fps
         self.spec = parse_source(camera.source, config.go2rtc, camera.loop)
         self.mailbox = FrameQueue(QUEUE_FRAMES)
         self.reader = FrameReader(self.spec, self.mailbox, self.stats, camera.output.height)
@@ -105,8 +139,14 @@ class CameraPipeline:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name=f"camera-{name}", daemon=True)
         self._t0 = time.monotonic()
-        self._last_slot = -1
+        self.clock = OutputClock(camera.output.fps, self._t0)
         self._slate: Image | None = None
+        self._pending_output: tuple[float | None, int | None] | None = None
+        self._output_lock = threading.Lock()
+        self.paused = False
+        #: While > 0, frames are copied BEFORE anonymization for the admin's original view.
+        self.raw_viewers = 0
+        self._raw_image: Image | None = None
 
     # --- lifecycle -------------------------------------------------------------------------------
 
@@ -164,14 +204,15 @@ class CameraPipeline:
 
     # --- worker ----------------------------------------------------------------------------------
 
-    def _slot(self, t: float) -> int:
-        """Output frame number for time `t`: timestamps sit on a regular 1/fps grid."""
-        return round((t - self._t0) * self.fps)
+    @property
+    def fps(self) -> float:
+        return self.clock.fps
 
     def _run(self) -> None:
-        interval = 1.0 / self.fps
         next_stats = time.monotonic() + STATS_INTERVAL_S
         while not self._stop.is_set():
+            self._apply_output_change()
+            interval = 1.0 / self.fps
             frame = self.mailbox.take(timeout=interval)
             now = time.monotonic()
             if now >= next_stats:
@@ -180,7 +221,7 @@ class CameraPipeline:
             if frame is None:
                 self._maybe_slate(now, interval)
                 continue
-            if self._slot(frame.t) <= self._last_slot:
+            if not self.clock.is_free(frame.t):
                 with self.stats.lock:
                     self.stats.frames_dropped += 1  # the camera is faster than the output fps
                 continue
@@ -192,6 +233,8 @@ class CameraPipeline:
                     self.stats.frames_dropped += 1
 
     def _process(self, image: Image, t: float, index: int, generation: int) -> None:
+        if self.raw_viewers > 0:
+            self._raw_image = image.copy()  # the processor masks in place
         started = time.perf_counter()
         outputs = self.processor.process(image, t, index, generation, self._detect_image(t))
         self.stats.record_stage("process", time.perf_counter() - started)
@@ -229,8 +272,7 @@ class CameraPipeline:
         encoder = self._encoder_for(image)
         if image.shape[:2] != (encoder.height, encoder.width):
             image = as_image(cv2.resize(image, (encoder.width, encoder.height), interpolation=cv2.INTER_AREA))
-        self._last_slot = max(self._last_slot + 1, self._slot(t))
-        pts = round(self._last_slot * TICKS_PER_S / self.fps)
+        pts = self.clock.next_pts(t)
         started = time.perf_counter()
         packets = encoder.encode(image, pts)
         self.stats.record_stage("encode", time.perf_counter() - started)
@@ -277,47 +319,52 @@ class CameraPipeline:
         if self.observer is not None:
             self.observer.on_stats(self.name, snapshot)
 
-    # --- web UI controls (appended for deid_sidecar.web) -----------------------------------------
+    # --- web UI controls -------------------------------------------------------------------------
     # The reader and worker threads cannot be restarted after stop(), so the UI's stop/start is a
     # privacy shutter: while paused no detection runs and every frame is masked whole (fail closed);
     # the published stream stays up, so go2rtc consumers never see it end.
 
-    @property
-    def paused(self) -> bool:
-        return bool(getattr(self, "_paused", False))
-
     def pause(self) -> None:
-        self._paused = True
+        self.paused = True
         self.processor.detection_enabled = False
 
     def resume(self, detection: bool = True) -> None:
-        self._paused = False
+        self.paused = False
         self.processor.detection_enabled = detection
 
-    def enable_raw_capture(self) -> None:
-        """Let `latest_raw_jpeg` show frames BEFORE anonymization (the admin's original view only).
-
-        Wraps the processor's entry point instead of changing the worker loop; a frame is copied
-        only while someone watches (`raw_viewers` > 0), because the processor masks in place.
-        """
-        if getattr(self, "_raw_tap", False):
-            return
-        self._raw_tap = True
-        self.raw_viewers = 0
-        self._raw_image: Image | None = None
-        process = self.processor.process
-
-        def tapped(image: Image, *args: Any, **kwargs: Any) -> list[Processed]:
-            if self.raw_viewers > 0:
-                self._raw_image = image.copy()
-            return process(image, *args, **kwargs)
-
-        setattr(self.processor, "process", tapped)  # noqa: B010 (mypy forbids assigning a method)
-
     def latest_raw_jpeg(self) -> bytes | None:
-        """JPEG of the newest frame before anonymization; None unless captured. Call off the loop."""
-        image = getattr(self, "_raw_image", None)
+        """JPEG of the newest frame before anonymization, captured only while `raw_viewers` > 0."""
+        image = self._raw_image
         return None if image is None else _jpeg_of(image)()
+
+    def apply_output(self, fps: float | None = None, height: int | None = None) -> None:
+        """Change the output frame rate and/or height live; the worker applies it at its next frame.
+
+        A new height means a new encoder: the next packet is a keyframe with new SPS/PPS at the new
+        size, and timestamps continue (players and go2rtc follow an in-band resolution change).
+        """
+        with self._output_lock:
+            self._pending_output = (fps, height)
+
+    def _apply_output_change(self) -> None:
+        with self._output_lock:
+            pending, self._pending_output = self._pending_output, None
+        if pending is None:
+            return
+        fps, height = pending
+        if fps is not None and fps != self.clock.fps:
+            self.clock.set_fps(fps)
+            self._replace_encoder()
+        if height is not None and height != self.reader.target_height:
+            self.reader.target_height = height
+            self._replace_encoder()
+        log.info("%s: output now %.0f fps, height %s", self.name, self.fps, self.reader.target_height)
+
+    def _replace_encoder(self) -> None:
+        if self._encoder is not None:
+            self.hub.publish(self._encoder.flush())
+        self._encoder = None  # made again, at the next frame's size and the current fps
+        self._slate = None
 
 
 def _jpeg_of(image: Image) -> Callable[[], bytes]:

@@ -52,8 +52,10 @@ class CameraPatch(_Body):
     method: Method | None = Field(None, description="blur, pixelate or fill.")
     detection: bool | None = Field(None, description="Detection off masks whole frames.")
     protect: list[Protect] | None = Field(None, min_length=1, description="Labels to anonymize.")
-    fps: float | None = Field(None, gt=0, le=60, description="Output fps (applies after a restart).")
-    height: int | None = Field(None, ge=90, le=2160, description="Output height (applies after a restart).")
+    fps: float | None = Field(None, gt=0, le=60, description="Output fps (applies live).")
+    height: int | None = Field(
+        None, ge=90, le=2160, description="Output height (applies live, at a new keyframe)."
+    )
 
 
 class ProbeBody(_Body):
@@ -129,12 +131,10 @@ async def patch_camera(request: web.Request) -> web.Response:
         detector = await in_executor(state.detector_factory, state.config, labels)
         pipeline.set_detector(detector)
         settings.protect = list(patch.protect)
-    # The encoder is made once per stream; a new size or rate would need a new stream generation.
-    for key in ("fps", "height"):
-        value = getattr(patch, key)
-        if value is not None and value != getattr(settings, key):
-            setattr(settings, key, value)
-            settings.restart_required.add(key)
+    if patch.fps is not None or patch.height is not None:
+        pipeline.apply_output(fps=patch.fps, height=patch.height)
+        settings.fps = patch.fps if patch.fps is not None else settings.fps
+        settings.height = patch.height if patch.height is not None else settings.height
     log.info("%s: settings changed by %s: %s", name, identity_of(request).user,
              patch.model_dump(exclude_none=True))  # fmt: skip
     return web.json_response(state.camera_json(name))
@@ -213,8 +213,6 @@ async def add_camera(request: web.Request) -> web.Response:
     if not result["ok"]:
         return web.json_response(result, status=422)
     pipeline = await in_executor(CameraPipeline, body.name, camera, state.config)
-    if state.allow_original_view:
-        pipeline.enable_raw_capture()
     state.pipelines[body.name] = pipeline
     state.hubs[pipeline.output] = pipeline.hub
     settings = CameraSettings.from_camera(camera, state.config)

@@ -170,9 +170,6 @@ def build_app(
         allow_original_view=allow_original_view,
         max_upload_bytes=max_upload_bytes,
     )
-    if allow_original_view:
-        for pipeline in state.pipelines.values():
-            pipeline.enable_raw_capture()
     app = web.Application(middlewares=[error_middleware, auth.auth_middleware(access)])
     app[STATE_KEY] = state
     app[auth.IDENTITY_KEY] = access

@@ -35,7 +35,6 @@ class CameraSettings:
     fps: float = 15.0
     height: int | None = None
     raw_source: str | None = None  # set for cameras added at runtime: the source as typed (${ENV} kept)
-    restart_required: set[str] = field(default_factory=set)
 
     @classmethod
     def from_camera(cls, camera: CameraConfig, config: Config) -> CameraSettings:
@@ -88,7 +87,6 @@ class WebState:
             "detection": settings.detection,
             "fps": settings.fps,
             "height": settings.height,
-            "restart_required": sorted(settings.restart_required),
             "stream": f"/streams/{pipeline.output}.ts",
             "stats": stats,
         }

@@ -17,8 +17,7 @@ async function patch(name, body) {
   try {
     const camera = await api("PATCH", `/api/cameras/${encodeURIComponent(name)}`, body);
     update(camera);
-    const later = camera.restart_required.length ? ` (${camera.restart_required.join(", ")}: after a restart)` : "";
-    message(`${name}: ${Object.keys(body).join(", ")} changed${later}`);
+    message(`${name}: ${Object.keys(body).join(", ")} changed`);
   } catch (error) { message(`${name}: ${error.message}`, true); }
 }
 
