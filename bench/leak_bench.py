@@ -43,12 +43,13 @@ ModeFn = Callable[[Path, Path, Path], int]
 # --- modes ---------------------------------------------------------------------------------------
 
 
-def mode_engine_file(clip: Path, out: Path, work: Path) -> int:
-    """(a) the shipped CLI in file mode, as a user would run it."""
+def mode_engine_file(clip: Path, out: Path, work: Path, method: str | None = None) -> int:
+    """(a) the shipped CLI in file mode, as a user would run it (default method, or `method`)."""
     audit = work / f"{out.stem}.audit.json"
     cli = VENV_BIN / "deid-sidecar"
+    extra = ["--method", method] if method else []
     run = subprocess.run(
-        [str(cli), "file", str(clip), "-o", str(out), "--audit", str(audit)],
+        [str(cli), "file", str(clip), "-o", str(out), "--audit", str(audit), *extra],
         capture_output=True,
         text=True,
         cwd=REPO,
@@ -172,6 +173,7 @@ MODES: dict[str, ModeFn] = {
     "control_identity": mode_identity,
     "control_oracle": mode_oracle,
     "file": mode_engine_file,
+    "file_replace": lambda clip, out, work: mode_engine_file(clip, out, work, method="replace"),
     "per_frame": mode_per_frame,
     "deface": mode_deface,
     "live_causal": _live_mode(0),
