@@ -241,3 +241,20 @@ def test_births_are_forgotten_once_no_older_frame_is_held() -> None:
         mask = face(10.0 * i, 100 + i)  # a new one-frame track every frame, never seen again
         buffer.push(i, i * DT, mask, born=mask)
     assert len(buffer._births) <= 4
+
+
+def test_held_frames_between_two_sightings_get_the_interpolated_box() -> None:
+    # Detected at t=0 at x=0 and at t=0.4 at x=80: the frames between were predicted from the past
+    # only (here: nothing); once the second sighting is known, they get the straight path.
+    buffer: DelayBuffer[int] = DelayBuffer(delay_s=1.0)
+    first = Detections.from_boxes([[0, 0, 20, 20]], Label.FACE).with_track_ids(np.array([7]))
+    second = Detections.from_boxes([[80, 0, 100, 20]], Label.FACE).with_track_ids(np.array([7]))
+    buffer.push(0, 0.0, first, born=first, observed=first)
+    for i, t in enumerate([0.1, 0.2, 0.3], start=1):
+        buffer.push(i, t, Detections.empty(), born=Detections.empty(), observed=None)
+    buffer.push(4, 0.4, second, born=Detections.empty(), observed=second)
+    held = {frame.payload: frame for frame in buffer.drain()}
+    for i, x in [(1, 20), (2, 40), (3, 60)]:
+        boxes = held[i].mask.xyxy
+        assert len(boxes) == 1, f"frame {i}"
+        assert boxes[0][0] < x and boxes[0][2] > x + 20, f"frame {i}: {boxes[0]} covers {x}..{x + 20}"

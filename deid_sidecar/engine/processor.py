@@ -90,6 +90,9 @@ class FrameProcessor:
             self.delay: DelayBuffer[FrameWork] = DelayBuffer(
                 delay_s=float("inf"), backfill_s=float("inf"), max_frames=lookahead_frames
             )
+            # The look-ahead back-fills a new object into the frames before it, so the burst of
+            # extra detections that live mode spends on new tracks buys nothing here.
+            self.scheduler.burst = 0
         else:
             self.delay = DelayBuffer(delay_s=privacy.delay_ms / 1000.0)
         self.counters = ProcessorCounters()
@@ -117,9 +120,10 @@ class FrameProcessor:
         """
         if generation != self._generation:
             self._restart(generation)
-        whole_frame, mask, born = self._decide(image, t, index, detect_image)
+        whole_frame, mask, born, observed = self._decide(image, t, index, detect_image)
         work = FrameWork(image, t, index, whole_frame)
-        return [self._finish(p.payload, p.mask) for p in self.delay.push(work, t, mask, born)]
+        released = self.delay.push(work, t, mask, born, observed)
+        return [self._finish(p.payload, p.mask) for p in released]
 
     def drain(self) -> list[Processed]:
         """Release every held frame (end of file, shutdown)."""
@@ -141,10 +145,12 @@ class FrameProcessor:
 
     def _decide(
         self, image: Image, t: float, index: int, detect_image: Image | None
-    ) -> tuple[bool, Detections, Detections]:
-        """(mask whole frame?, objects to mask, objects first seen on this frame)."""
+    ) -> tuple[bool, Detections, Detections, Detections | None]:
+        """(mask whole frame?, objects to mask, objects first seen on this frame, objects the
+        detector saw on this frame or None when it did not run)."""
+        nothing = Detections.empty()
         if self.detector is None or not self.detection_enabled:
-            return True, Detections.empty(), Detections.empty()
+            return True, nothing, nothing, None
         scene_cut = self.scene_cuts.update(image)
         if scene_cut:
             self.tracker.reset()
@@ -153,14 +159,14 @@ class FrameProcessor:
             if raw is None:
                 # Due for detection but none came: only the whole mask is safe (a new object
                 # may have appeared that no track predicts).
-                return True, self.tracker.predict(t), Detections.empty()
+                return True, self.tracker.predict(t), nothing, None
             self._last_detect_t = t
             tracked = self.tracker.update(raw, t)
             born = tracked[np.isin(tracked.track_id, list(self.tracker.new_track_ids()))]
             self.scheduler.note_new_tracks(len(born))
-            return False, Detections.merge([tracked, self.tracker.coasting(t)]), born
+            return False, Detections.merge([tracked, self.tracker.coasting(t)]), born, tracked
         stale = self._last_detect_t is None or t - self._last_detect_t > self._budget_s
-        return stale, self.tracker.predict(t), Detections.empty()
+        return stale, self.tracker.predict(t), nothing, None
 
     def _run_detector(self, image: Image, detect_image: Image | None) -> Detections | None:
         """Detections for `image`, or None when the detector failed or ran past its budget."""

@@ -25,6 +25,10 @@ BUDGET_HEADROOM = 0.8
 BACKFILL_GROWTH = 0.1
 BACKFILL_GROWTH_PER_S = 0.5
 BACKFILL_MAX_GROWTH = 0.6
+#: Interpolated boxes between two sightings grow by this fraction of the object size on each side.
+INTERPOLATION_GROWTH = 0.1
+#: Sightings further apart than this are not joined (and older sightings are forgotten).
+MAX_INTERPOLATION_GAP_S = 2.0
 #: Without a delay the back-fill window defaults to this (file mode look-ahead by frame count).
 DEFAULT_BACKFILL_S = 1.0
 #: Timestamps are float sums of frame intervals: 0.6 - 0.4 must count as 0.2 s.
@@ -118,13 +122,26 @@ class DelayBuffer(Generic[T]):
         self.backfill_s = backfill_s if backfill_s is not None else max(delay_s, DEFAULT_BACKFILL_S)
         self._held: deque[PendingFrame[T]] = deque()
         self._births: list[_Birth] = []
+        self._last_seen: dict[int, tuple[float, np.ndarray]] = {}
+
+    @property
+    def _interpolation_gap_s(self) -> float:
+        return min(self.backfill_s, MAX_INTERPOLATION_GAP_S)
 
     @property
     def passthrough(self) -> bool:
         return self.delay_s <= 0 and self.max_frames is None
 
-    def push(self, payload: T, t: float, mask: Detections, born: Detections) -> list[PendingFrame[T]]:
-        """Add a frame; `born` = rows of `mask` whose track ids are new this frame.
+    def push(
+        self,
+        payload: T,
+        t: float,
+        mask: Detections,
+        born: Detections,
+        observed: Detections | None = None,
+    ) -> list[PendingFrame[T]]:
+        """Add a frame; `born` = rows of `mask` whose track ids are new this frame; `observed` = the
+        rows a detector actually saw on it (not predictions).
 
         Returns the frames now due, oldest first, with their final masks.
         """
@@ -132,6 +149,8 @@ class DelayBuffer(Generic[T]):
         if self.passthrough:
             return [frame]
         self._refine_births(mask, t)
+        if observed is not None:
+            self._interpolate(observed, t)
         for i in range(len(born)):
             row = born[np.array([i])]
             self._backfill(row, t, velocity=None)
@@ -144,7 +163,35 @@ class DelayBuffer(Generic[T]):
         out = list(self._held)
         self._held.clear()
         self._births = []
+        self._last_seen.clear()
         return out
+
+    def _interpolate(self, observed: Detections, t: float) -> None:
+        """Between two sightings of a track, the held frames get the box interpolated between them.
+
+        Frames between detections were masked with boxes predicted from the past only; once the next
+        sighting is known, the straight path between the two sightings covers a fast or turning
+        object that the prediction missed.
+        """
+        for i in range(len(observed)):
+            track = int(observed.track_id[i])
+            box = observed.xyxy[i].astype(np.float64)
+            previous = self._last_seen.get(track)
+            self._last_seen[track] = (t, box)
+            if previous is None or t - previous[0] > self._interpolation_gap_s:
+                continue
+            t0, box0 = previous
+            size = np.maximum(box0[2:] - box0[:2], box[2:] - box[:2])
+            grow = np.tile(size, 2) * INTERPOLATION_GROWTH * np.array([-1.0, -1.0, 1.0, 1.0])
+            row = observed[np.array([i])]
+            for frame in self._held:
+                if not t0 < frame.t < t:
+                    continue
+                share = (frame.t - t0) / (t - t0)
+                between = box0 + (box - box0) * share + grow
+                frame.mask = Detections.merge([frame.mask, _row_with_box(row, between)])
+        cutoff = t - self._interpolation_gap_s
+        self._last_seen = {k: v for k, v in self._last_seen.items() if v[0] >= cutoff}
 
     def __len__(self) -> int:
         return len(self._held)
@@ -186,11 +233,15 @@ class DelayBuffer(Generic[T]):
             grown = box + size * grow * np.array([-1.0, -1.0, 1.0, 1.0])
             if grown[2] <= 0 or grown[3] <= 0:
                 continue  # extrapolated entirely off the top/left edge: nothing to hide there
-            filled = Detections(
-                xyxy=grown[None, :].astype(np.float32),
-                confidence=row.confidence,
-                label=row.label,
-                track_id=row.track_id,
-                keypoints=np.full_like(row.keypoints, np.nan),
-            )
-            frame.mask = Detections.merge([frame.mask, filled])
+            frame.mask = Detections.merge([frame.mask, _row_with_box(row, grown)])
+
+
+def _row_with_box(row: Detections, box: np.ndarray) -> Detections:
+    """`row` (one object) moved to `box`; keypoints dropped (they belonged to the old place)."""
+    return Detections(
+        xyxy=box[None, :].astype(np.float32),
+        confidence=row.confidence,
+        label=row.label,
+        track_id=row.track_id,
+        keypoints=np.full_like(row.keypoints, np.nan),
+    )
