@@ -150,7 +150,7 @@ def build_detector(config: Config, protect: set[Label], *, file_mode: bool = Fal
         if not settings.enabled:
             # Protecting something nobody looks for would pass it through in the clear.
             raise ConfigError(f"detection.{label.key}.enabled is false, but a camera protects {label.key}")
-        width = settings.file_input_width if file_mode else settings.input_width
+        width = (settings.file_input_width or settings.input_width) if file_mode else settings.input_width
         detectors.append(
             load_detector(
                 label, settings, Path(config.models_dir), detection.providers, detection.threads, width
