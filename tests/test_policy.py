@@ -50,10 +50,17 @@ def test_forced_on_scene_cut() -> None:
 
 
 @pytest.mark.parametrize(
-    ("burst", "expected"), [(3, [0, 5, 6, 7, 8, 13]), (1, [0, 5, 6, 11]), (0, [0, 5, 10])]
+    ("every", "burst", "new_at", "expected"),
+    [
+        (2, 3, 4, [0, 2, 4, 5, 6, 7, 9, 11, 13]),
+        (2, 1, 4, [0, 2, 4, 5, 7, 9, 11, 13]),
+        (2, 0, 4, [0, 2, 4, 6, 8, 10, 12]),
+        (5, 3, 5, [0, 5, 6, 11]),  # a tight budget: one extra detection, not three
+        (5, 0, 5, [0, 5, 10]),
+    ],
 )
-def test_burst_after_new_track(burst: int, expected: list[int]) -> None:
-    got = detected_frames(DetectionScheduler(every=5, burst=burst), range(14), news={5})
+def test_burst_after_new_track(every: int, burst: int, new_at: int, expected: list[int]) -> None:
+    got = detected_frames(DetectionScheduler(every=every, burst=burst), range(14), news={new_at})
     assert got == expected
 
 

@@ -29,6 +29,9 @@ from deid_sidecar.track.tracker import Tracker
 
 log = logging.getLogger(__name__)
 
+#: New tracks at least this confident earn a burst of extra detections (see DetectionScheduler).
+BURST_MIN_CONFIDENCE = 0.5
+
 
 @dataclass
 class FrameWork:
@@ -163,7 +166,8 @@ class FrameProcessor:
             self._last_detect_t = t
             tracked = self.tracker.update(raw, t)
             born = tracked[np.isin(tracked.track_id, list(self.tracker.new_track_ids()))]
-            self.scheduler.note_new_tracks(len(born))
+            # Extra detections follow confident newcomers only; a faint box is masked all the same.
+            self.scheduler.note_new_tracks(int(np.count_nonzero(born.confidence >= BURST_MIN_CONFIDENCE)))
             return False, Detections.merge([tracked, self.tracker.coasting(t)]), born, tracked
         stale = self._last_detect_t is None or t - self._last_detect_t > self._budget_s
         return stale, self.tracker.predict(t), nothing, None

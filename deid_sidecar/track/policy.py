@@ -40,7 +40,9 @@ class DetectionScheduler:
 
     Under a CPU budget the detector runs every `every`-th frame, but it is forced at start, after
     reset() (reconnect), on a scene cut, and for `burst` consecutive frames after a new track appears
-    (a new object's velocity is unknown, so prediction alone cannot follow it yet).
+    (a new object's velocity is unknown, so prediction alone cannot follow it yet). When the budget
+    allows only every third frame or fewer, a burst is a single extra detection: consecutive bursts
+    for every new object would double the detector's load and starve the output.
     """
 
     def __init__(self, every: int = 1, burst: int = 3) -> None:
@@ -62,7 +64,8 @@ class DetectionScheduler:
 
     def note_new_tracks(self, count: int) -> None:
         if count > 0:
-            self._burst_left = max(self._burst_left, self.burst)
+            burst = self.burst if self.every <= 2 else min(self.burst, 1)
+            self._burst_left = max(self._burst_left, burst)
 
     def reset(self) -> None:
         self._force = True
