@@ -129,7 +129,8 @@ def test_untracked_rows_get_a_deterministic_choice(media_dir: Path, face_detecto
 
 
 def _blurred(image: np.ndarray, detections: Detections) -> np.ndarray:
-    return Anonymizer(Method.BLUR).apply(image.copy(), detections)
+    # The fallback blurs the box grown by the configured margin, as the blur method does.
+    return Anonymizer(Method.BLUR, margin=AnonymizeConfig().margin).apply(image.copy(), detections)
 
 
 def test_missing_landmarks_fall_back_to_blur(media_dir: Path, face_detector: MultiDetector) -> None:

@@ -53,6 +53,22 @@ BLUR_FADE = (1.1, 1.4)
 #: canonical pixels beyond RIM[1]: eyes, nose and mouth stay sharp, the outline does not.
 RIM = (0.6, 0.9)
 RIM_SIGMA = 5.0
+#: Decorrelation guard. The synthetic face is aligned on the original's landmarks, so its own edges
+#: (nose, brows, eyes) can land on the original's: no original pixel is left, yet the output's fine
+#: detail would still follow the original's there. Over windows of GUARD_WINDOW x the face width, the
+#: output's detail (high-pass at GUARD_SIGMA x the face width) is scaled down wherever its regression
+#: on the original's detail exceeds GUARD_MAX in magnitude; detail that does not follow the original's
+#: is left alone, so the face keeps its texture.
+GUARD_SIGMA = 1 / 15
+GUARD_WINDOW = 0.07
+GUARD_MAX = 0.25
+#: Skin grain: fixed noise (LAB L std, correlation length in canonical pixels) added to each source.
+#: An average of k faces is smoother than any real skin, and the guard smooths it further where it
+#: follows the original; the grain is the same for every frame of a source, so it moves with the face.
+GRAIN_STD = 4.0
+GRAIN_SIGMA = 0.7
+#: Grey-level variance added to the original's local detail energy: flat areas have nothing to follow.
+GUARD_FLOOR = 0.25
 
 
 def _ellipse_radius() -> FloatArray:
@@ -112,6 +128,25 @@ def soft_blur(roi: Image) -> Image:
     return as_image((alpha * blur_region(roi) + (1 - alpha) * roi).astype(np.uint8))
 
 
+def _grey(image: npt.NDArray[np.float32]) -> FloatArray:
+    return np.asarray(cv2.cvtColor(image, cv2.COLOR_BGR2GRAY), np.float32)
+
+
+def decorrelate(painted: Image, original: Image, face_width: float) -> Image:
+    """`painted` with its fine detail scaled down wherever it follows `original`'s (see GUARD_*)."""
+    sigma = max(1.0, GUARD_SIGMA * face_width)
+    window = max(2.0, GUARD_WINDOW * face_width)
+    out = painted.astype(np.float32)
+    low = cv2.GaussianBlur(out, (0, 0), sigma)
+    detail = out - low
+    grey_original = _grey(original.astype(np.float32))
+    a = grey_original - cv2.GaussianBlur(grey_original, (0, 0), sigma)
+    b = _grey(detail)
+    slope = cv2.GaussianBlur(a * b, (0, 0), window) / (cv2.GaussianBlur(a * a, (0, 0), window) + GUARD_FLOOR)
+    keep = GUARD_MAX / np.maximum(np.abs(slope), GUARD_MAX)
+    return as_image(np.clip(low + keep[..., None] * detail + 0.5, 0, 255).astype(np.uint8))
+
+
 @dataclass(frozen=True)
 class SourceFace:
     lab: FloatArray  # (S, S, 3) float32 LAB
@@ -136,6 +171,13 @@ def _soften_rim(lab: FloatArray) -> FloatArray:
     return np.asarray(keep * lab + (1 - keep) * soft, np.float32)
 
 
+def _grain(seed: int) -> FloatArray:
+    """(S, S) zero-mean noise of std GRAIN_STD, the same for the same seed."""
+    white = np.random.default_rng(seed).standard_normal((CANONICAL_SIZE, CANONICAL_SIZE)).astype(np.float32)
+    noise = cv2.GaussianBlur(white, (0, 0), GRAIN_SIGMA)
+    return np.asarray(noise * (GRAIN_STD / max(float(noise.std()), 1e-6)), np.float32)
+
+
 def load_sources(folder: Path, min_k: int) -> list[SourceFace]:
     """The source faces in `folder`, averaged further in disjoint groups until each covers >= `min_k`."""
     manifest = json.loads((folder / "manifest.json").read_text(encoding="utf-8"))
@@ -154,6 +196,7 @@ def load_sources(folder: Path, min_k: int) -> list[SourceFace]:
         group = faces[start : start + per_group]
         bgr = np.mean([f for f, _ in group], axis=0).astype(np.uint8)
         lab = _soften_rim(cv2.cvtColor(bgr, cv2.COLOR_BGR2LAB).astype(np.float32))
+        lab[..., 0] += _grain(start)
         mean, std = _inner_stats(lab, weight)
         sources.append(SourceFace(lab, mean, std, sum(k for _, k in group)))
     if not sources or min(s.k for s in sources) < min_k:
@@ -230,8 +273,13 @@ class FaceReplacer:
         rect: tuple[int, int, int, int],
         landmarks: FloatArray,
         source: int,
+        original: Image | None = None,
     ) -> bool:
-        """Replace the face in `rect` (the grown box); False (nothing changed) when it cannot be done well."""
+        """Replace the face in `rect` (the grown box); False (nothing changed) when it cannot be done well.
+
+        `original` is the rect's content before anything was painted in this frame (defaults to what is
+        there now): an overlapping face painted first must not count as the original.
+        """
         box_width = float(box[2] - box[0])
         if box_width < self.min_size or not is_frontal(landmarks, box_width):
             return False
@@ -239,13 +287,16 @@ class FaceReplacer:
         to_frame = similarity(CANONICAL_LANDMARKS, landmarks)
         face = self._matched(image, to_frame, self.sources[source])
         roi = image[y1:y2, x1:x2]
+        if original is None:
+            original = roi.copy()
         roi[...] = soft_blur(roi)
         to_roi = to_frame.copy()
         to_roi[:, 2] -= (x1, y1)
         size = (x2 - x1, y2 - y1)
         warped = cv2.warpAffine(face, to_roi, size, flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
         alpha = cv2.warpAffine(self._alpha, to_roi, size, flags=cv2.INTER_LINEAR, borderValue=0.0)[..., None]
-        roi[...] = (alpha * warped + (1.0 - alpha) * roi).astype(np.uint8)
+        painted = as_image((alpha * warped + (1.0 - alpha) * roi).astype(np.uint8))
+        roi[...] = decorrelate(painted, original, box_width)
         return True
 
     def _matched(self, image: Image, to_frame: npt.NDArray[np.float64], source: SourceFace) -> Image:

@@ -77,13 +77,24 @@ class ReplacingAnonymizer(Anonymizer):
             return image
         height, width = image.shape[:2]
         rects = boxes.to_int_rects(boxes.expand(detections.xyxy, self.margin), width, height)
-        for row, (x1, y1, x2, y2) in enumerate(rects):
+        # Each face's decorrelation compares with the frame as it came in, not with a face painted over
+        # it a moment ago by an overlapping detection.
+        originals = {
+            row: image[y1:y2, x1:x2].copy()
+            for row, (x1, y1, x2, y2) in enumerate(rects)
+            if detections.label[row] == Label.FACE and x2 > x1 and y2 > y1
+        }
+        # Faces last: a plate or person painted afterwards (a false plate on a face, a person box around
+        # one) would cover the synthetic face with detail the decorrelation never saw.
+        order = sorted(range(len(rects)), key=lambda row: detections.label[row] == Label.FACE)
+        for row in order:
+            x1, y1, x2, y2 = rects[row]
             if x2 - x1 < 1 or y2 - y1 < 1:
                 continue
             rect = (int(x1), int(y1), int(x2), int(y2))
             label = int(detections.label[row])
             if label == Label.FACE:
-                self._face(image, detections, row, rect)
+                self._face(image, detections, row, rect, originals[row])
             elif label == Label.LICENSE_PLATE:
                 self._plate(image, detections, row, rect)
             else:
@@ -95,10 +106,12 @@ class ReplacingAnonymizer(Anonymizer):
         """Zones and other whole regions have no face or plate to replace: blur them."""
         return blur_region(roi)
 
-    def _face(self, image: Image, detections: Detections, row: int, rect: tuple[int, int, int, int]) -> None:
+    def _face(
+        self, image: Image, detections: Detections, row: int, rect: tuple[int, int, int, int], original: Image
+    ) -> None:
         box, track_id = detections.xyxy[row], int(detections.track_id[row])
         found = self.faces.landmarks(track_id, row, box, detections.keypoints[row])
-        if found is not None and self.faces.replace(image, box, rect, found[0], found[1]):
+        if found is not None and self.faces.replace(image, box, rect, found[0], found[1], original):
             self.counters.faces_replaced += 1
             return
         x1, y1, x2, y2 = rect
