@@ -4,7 +4,9 @@ Source faces (data/source_faces/, built by scripts/build_source_faces.py) are av
 faces in a canonical 128x128 frame. Per face: the whole box is blurred first (hair, ears and anything
 the synthetic face does not cover must not stay clear), then the source, colour-matched to the target
 in LAB, is warped onto the landmarks with alpha = 1 over the inner face ellipse (brows, eyes, nose,
-mouth) and a feathered edge around it. No original pixel of the inner face survives.
+mouth) and a feathered edge around it. No original pixel of the inner face survives. Last, wherever
+the synthetic face's fine detail happens to follow the original's (both are aligned on the same
+landmarks), it is toned down (`decorrelate`), so the output carries none of the original's edges.
 """
 
 from __future__ import annotations
