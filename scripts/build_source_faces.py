@@ -1,4 +1,4 @@
-"""Build data/source_faces/: synthetic faces for `method: replace`, each the AVERAGE of k real faces.
+"""Build deid_sidecar/data/source_faces/: synthetic faces for `method: replace`, each the AVERAGE of k real faces.
 
 k-Same style (Newton, Sweeney, Malin 2005): the real faces are aligned on their 5 landmarks, split into
 disjoint clusters of at least k similar faces, and each cluster is averaged. A source face therefore
@@ -11,7 +11,7 @@ Inputs (fetched with the project's pinned fetchers, never committed):
 
 Landmarks come from the real CenterFace model. Deterministic: same inputs, same outputs.
 
-    .venv/bin/python scripts/build_source_faces.py [--k 5] [--out data/source_faces]
+    .venv/bin/python scripts/build_source_faces.py [--k 5] [--out deid_sidecar/data/source_faces]
 """
 
 from __future__ import annotations
@@ -112,7 +112,7 @@ def average_face(luma: np.ndarray, chroma: np.ndarray) -> np.ndarray:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--k", type=int, default=5, help="faces averaged into each source (>= 2)")
-    parser.add_argument("--out", type=Path, default=ROOT / "data" / "source_faces")
+    parser.add_argument("--out", type=Path, default=ROOT / "deid_sidecar" / "data" / "source_faces")
     args = parser.parse_args()
     config = parse_config({"models_dir": str(ROOT / "models"), "detection": {"providers": ["cpu"]}})
     fetch.fetch_models(["centerface"], ROOT / "models")

@@ -155,3 +155,31 @@ def test_fps_and_height_change_live_with_continuous_timestamps(clip: Path) -> No
     late_steps = {round(b - a, 2) for a, b in itertools.pairwise(times[-10:])}
     assert late_steps == {0.2}, f"5 fps after the change, got steps {late_steps}"
     assert not any(leaks(f.to_ndarray(format="bgr24")) for f in frames)
+
+
+def test_replace_method_works_live_on_real_faces(media_dir: Path, models_dir: Path, tmp_path: Path) -> None:
+    from deid_sidecar.anonymize.replace import ReplacingAnonymizer
+    from deid_sidecar.core.detections import Label
+    from deid_sidecar.demo import build_demo_clip
+    from deid_sidecar.detect.detector import build_detector
+
+    clip, _ = build_demo_clip(media_dir, tmp_path / "faces.mp4", seconds=3)
+    config = parse_config(
+        {
+            "models_dir": str(models_dir),
+            "anonymize": {"method": "replace"},
+            "cameras": {"cam": {"source": f"file:{clip}", "loop": True, "output": {"fps": 10}}},
+        }
+    )
+    pipeline = CameraPipeline("cam", config.cameras["cam"], config)
+    pipeline.set_detector(build_detector(config, {Label.FACE, Label.LICENSE_PLATE}))
+    pipeline.start()
+    try:
+        with ServerThread({"cam": pipeline}) as server:
+            frames = read_stream(server.url("/streams/cam_anon.ts"), seconds=3)
+    finally:
+        pipeline.stop()
+    anonymizer = pipeline.processor.anonymizer
+    assert isinstance(anonymizer, ReplacingAnonymizer)
+    assert len(frames) >= 20
+    assert anonymizer.counters.faces_replaced > 0 and anonymizer.counters.plates_replaced > 0

@@ -1,6 +1,6 @@
 """Face replacement: paint a k-anonymous synthetic face over each face, aligned on its 5 landmarks.
 
-Source faces (data/source_faces/, built by scripts/build_source_faces.py) are averages of k real
+Source faces (deid_sidecar/data/source_faces/, built by scripts/build_source_faces.py) are averages of k real
 faces in a canonical 128x128 frame. Per face: the whole box is blurred first (hair, ears and anything
 the synthetic face does not cover must not stay clear), then the source, colour-matched to the target
 in LAB, is warped onto the landmarks with alpha = 1 over the inner face ellipse (brows, eyes, nose,

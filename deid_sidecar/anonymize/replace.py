@@ -25,7 +25,8 @@ from deid_sidecar.core.detections import Detections, Label
 from deid_sidecar.core.image import Image
 
 #: Bundled data: source faces and the plate font (the repository's data/ folder).
-DATA_DIR = Path(__file__).resolve().parents[2] / "data"
+# Package data: installed with the package (pip, the container image), not read from a checkout.
+DATA_DIR = Path(__file__).resolve().parents[1] / "data"
 SOURCE_FACES_DIR = DATA_DIR / "source_faces"
 FONT_FILE = DATA_DIR / "fonts" / "DejaVuSansMono-Bold.ttf"
 
