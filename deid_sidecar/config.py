@@ -75,6 +75,13 @@ class DetectorConfig(Strict):
         description="Long side for inference in file mode, where small objects matter more than speed "
         "(default: input_width).",
     )
+    file_every_pass: int = Field(
+        1,
+        ge=1,
+        le=10,
+        description="File mode: run this detector on every Nth detection pass only; the tracker and the "
+        "look-ahead cover the passes between (for large, slow objects such as plates).",
+    )
 
     @model_validator(mode="after")
     def _event_not_below_mask(self) -> DetectorConfig:
@@ -93,7 +100,10 @@ class DetectionConfig(Strict):
         description="Face detector.",
     )
     license_plate: DetectorConfig = Field(
-        default_factory=lambda: DetectorConfig(model="yolov8n-plate", threshold=0.2, event_threshold=0.5),
+        # Plates are large and move smoothly: in file mode every other detection pass is enough.
+        default_factory=lambda: DetectorConfig(
+            model="yolov8n-plate", threshold=0.2, event_threshold=0.5, file_every_pass=2
+        ),
         description="License-plate detector.",
     )
     person: DetectorConfig = Field(

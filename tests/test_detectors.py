@@ -113,3 +113,14 @@ def test_sessions_are_shared_and_providers_explicit(models_dir: Path) -> None:
     ]
     with pytest.raises(UserError, match="cannot load model"):
         runtime.create_session(models_dir / "README.md", ["cpu"])
+
+
+def test_file_mode_runs_plates_on_every_other_pass(models_dir: Path, media_dir: Path) -> None:
+    detector = build_detector(
+        parse_config({"models_dir": str(models_dir)}), {Label.FACE, Label.LICENSE_PLATE}, file_mode=True
+    )
+    image = cv2.imread(str(media_dir / "test_image.png"))
+    passes = [detector.detect(image).counts()[Label.LICENSE_PLATE] for _ in range(4)]
+    assert [n > 0 for n in passes] == [True, False, True, False]
+    face = next(d for d in detector.detectors if d.adapter.label is Label.FACE)
+    assert face.input_width == 960, "file mode detects faces at file_input_width"

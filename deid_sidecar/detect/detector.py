@@ -92,13 +92,21 @@ class OnnxDetector:
 
 
 class MultiDetector:
-    """Runs several detectors on the same frame and merges what they find."""
+    """Runs several detectors on the same frame and merges what they find.
 
-    def __init__(self, detectors: Iterable[OnnxDetector]) -> None:
+    `every` (by position) runs a detector on every Nth call only, the first call included: between
+    its passes its objects are followed by the tracker (and, in file mode, the look-ahead).
+    """
+
+    def __init__(self, detectors: Iterable[OnnxDetector], every: Sequence[int] | None = None) -> None:
         self.detectors: Sequence[OnnxDetector] = tuple(detectors)
+        self.every: Sequence[int] = tuple(every) if every is not None else (1,) * len(self.detectors)
+        self._calls = 0
 
     def detect(self, image: Image) -> Detections:
-        return Detections.merge(detector.detect(image) for detector in self.detectors)
+        calls, self._calls = self._calls, self._calls + 1
+        due = [d for d, n in zip(self.detectors, self.every, strict=True) if calls % max(1, n) == 0]
+        return Detections.merge(detector.detect(image) for detector in due)
 
     def last_inference_ms(self) -> dict[str, float]:
         """Model id -> the last inference time in milliseconds."""
@@ -145,15 +153,17 @@ def build_detector(config: Config, protect: set[Label], *, file_mode: bool = Fal
     """
     detection = config.detection
     detectors = []
+    every = []
     for label in sorted(protect):
         settings: DetectorConfig = getattr(detection, label.key)
         if not settings.enabled:
             # Protecting something nobody looks for would pass it through in the clear.
             raise ConfigError(f"detection.{label.key}.enabled is false, but a camera protects {label.key}")
         width = (settings.file_input_width or settings.input_width) if file_mode else settings.input_width
+        every.append(settings.file_every_pass if file_mode else 1)
         detectors.append(
             load_detector(
                 label, settings, Path(config.models_dir), detection.providers, detection.threads, width
             )
         )
-    return MultiDetector(detectors)
+    return MultiDetector(detectors, every)

@@ -10,7 +10,9 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import queue
 import sys
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -24,13 +26,16 @@ import numpy as np
 from deid_sidecar.anonymize.masks import Anonymizer, ZoneMasker
 from deid_sidecar.config import Config, Method
 from deid_sidecar.core.detections import Label
-from deid_sidecar.core.image import as_image
+from deid_sidecar.core.image import Image, as_image
 from deid_sidecar.detect.base import Detector
 from deid_sidecar.engine.processor import FrameProcessor, Processed
 from deid_sidecar.errors import UserError
+from deid_sidecar.outputs.encoder import bgr_to_frame
 
 log = logging.getLogger(__name__)
 
+#: Frames waiting for the writer thread: enough to smooth a slow detection frame, bounded for memory.
+WRITER_QUEUE = 8
 #: Look-ahead in seconds: how far back an object first detected later is masked.
 LOOKAHEAD_S = 1.0
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
@@ -104,7 +109,11 @@ def open_video(path: Path) -> av.container.InputContainer:
 
 
 class VideoWriter:
-    """Output container: H.264 video with the input's timestamps, audio copied when possible."""
+    """Output container: H.264 video with the input's timestamps, audio copied when possible.
+
+    Encoding and muxing run on a writer thread behind a small bounded queue, so the next frame's
+    decoding and detection overlap with this frame's encoding (PyAV and onnxruntime release the GIL).
+    """
 
     def __init__(self, path: Path, source: av.container.InputContainer, keep_audio: bool) -> None:
         try:
@@ -128,12 +137,31 @@ class VideoWriter:
             except (av.FFmpegError, ValueError):
                 log.warning("audio codec cannot be copied into %s: dropping audio", path.suffix)
                 self.audio_in = None
+        self._jobs: queue.Queue[Callable[[], None] | None] = queue.Queue(maxsize=WRITER_QUEUE)
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._work, name="file-writer", daemon=True)
+        self._thread.start()
+
+    def _work(self) -> None:
+        while (job := self._jobs.get()) is not None:
+            if self._error is None:
+                try:
+                    job()
+                except BaseException as exc:  # reported by the next submit() or close()
+                    self._error = exc
+
+    def _submit(self, job: Callable[[], None]) -> None:
+        if self._error is not None:
+            raise self._error
+        self._jobs.put(job)
 
     def write_video(self, processed: Processed, pts: int | None) -> None:
-        image = processed.image
+        self._submit(lambda: self._encode(processed.image, pts))
+
+    def _encode(self, image: Image, pts: int | None) -> None:
         if image.shape[1] != self.video.width or image.shape[0] != self.video.height:
             image = np.ascontiguousarray(image[: self.video.height, : self.video.width])
-        frame = av.VideoFrame.from_ndarray(image, format="bgr24")
+        frame = bgr_to_frame(image)
         frame.pts = pts
         frame.time_base = self.video.time_base
         for packet in self.video.encode(frame):
@@ -142,13 +170,24 @@ class VideoWriter:
     def write_audio(self, packet: av.Packet[Any]) -> None:
         if packet.dts is None:
             return
-        packet.stream = self.audio_out
-        self.container.mux(packet)
+
+        def mux() -> None:
+            packet.stream = self.audio_out
+            self.container.mux(packet)
+
+        self._submit(mux)
 
     def close(self) -> None:
-        for packet in self.video.encode(None):
-            self.container.mux(packet)
-        self.container.close()
+        self._jobs.put(None)
+        self._thread.join()
+        try:
+            if self._error is None:
+                for packet in self.video.encode(None):
+                    self.container.mux(packet)
+        finally:
+            self.container.close()
+        if self._error is not None:
+            raise UserError(f"cannot write the output: {self._error}") from None
 
 
 def anonymize_file(
