@@ -198,3 +198,15 @@ def read_stream(
             if time.monotonic() > deadline:
                 break
     return frames
+
+
+def watch(
+    pipeline: CameraPipeline, seconds: float, on_frame: Callable[[av.VideoFrame], None] | None = None
+) -> list[av.VideoFrame]:
+    """Start `pipeline`, read its published stream over HTTP for `seconds`, stop it; the frames."""
+    pipeline.start()
+    try:
+        with ServerThread({"cam": pipeline}) as server:
+            return read_stream(server.url(f"/streams/{pipeline.output}.ts"), seconds, on_frame)
+    finally:
+        pipeline.stop()

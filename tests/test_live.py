@@ -20,6 +20,7 @@ from livekit import (
     ServerThread,
     leaks,
     read_stream,
+    watch,
     write_clip,
 )
 
@@ -57,12 +58,7 @@ def camera(clip: Path) -> Iterator[RtspCamera]:
 
 def test_file_camera_is_served_at_the_configured_fps_with_the_secret_masked(clip: Path) -> None:
     pipeline = make_pipeline(f"file:{clip}", SecretDetector(), fps=10)
-    pipeline.start()
-    try:
-        with ServerThread({"cam": pipeline}) as server:
-            frames = read_stream(server.url("/streams/cam_anon.ts"), seconds=5)
-    finally:
-        pipeline.stop()
+    frames = watch(pipeline, seconds=5)
     assert len(frames) >= 30
     assert frames[0].key_frame, "a reader joins at a keyframe"
     steps = {round(float(b.time - a.time), 2) for a, b in itertools.pairwise(frames)}
@@ -73,12 +69,7 @@ def test_file_camera_is_served_at_the_configured_fps_with_the_secret_masked(clip
 
 def test_detector_faults_never_let_a_frame_out_unmasked(camera: RtspCamera) -> None:
     pipeline = make_pipeline(camera.url, FlakyDetector(), fps=15, detect_budget_ms=300, detect_every=1)
-    pipeline.start()
-    try:
-        with ServerThread({"cam": pipeline}) as server:
-            frames = read_stream(server.url("/streams/cam_anon.ts"), seconds=6)
-    finally:
-        pipeline.stop()
+    frames = watch(pipeline, seconds=6)
     assert len(frames) >= 40
     leaked = [i for i, f in enumerate(frames) if leaks(f.to_ndarray(format="bgr24"))]
     assert not leaked, f"frames {leaked} carry the secret"
@@ -101,7 +92,6 @@ def test_frames_before_the_detector_is_ready_are_masked_whole(camera: RtspCamera
 
 def test_stream_survives_a_camera_restart_with_continuous_timestamps(camera: RtspCamera) -> None:
     pipeline = make_pipeline(camera.url, SecretDetector(), fps=10)
-    pipeline.start()
     seen: list[float] = []
 
     def restart_camera_once(frame: object) -> None:
@@ -111,11 +101,7 @@ def test_stream_survives_a_camera_restart_with_continuous_timestamps(camera: Rts
         if len(seen) == 45:
             camera.start()
 
-    try:
-        with ServerThread({"cam": pipeline}) as server:
-            frames = read_stream(server.url("/streams/cam_anon.ts"), seconds=12, on_frame=restart_camera_once)
-    finally:
-        pipeline.stop()
+    frames = watch(pipeline, seconds=12, on_frame=restart_camera_once)
     times = [float(f.time) for f in frames]
     assert all(b > a for a, b in itertools.pairwise(times)), "timestamps never go backwards"
     longest_gap = max(b - a for a, b in itertools.pairwise(times))
@@ -136,7 +122,6 @@ def test_a_method_change_keeps_the_zones_set_at_runtime(clip: Path) -> None:
 
 def test_fps_and_height_change_live_with_continuous_timestamps(clip: Path) -> None:
     pipeline = make_pipeline(f"file:{clip}", SecretDetector(), fps=10)
-    pipeline.start()
     sizes: list[tuple[int, int]] = []
 
     def change_once(frame: av.VideoFrame) -> None:
@@ -144,11 +129,7 @@ def test_fps_and_height_change_live_with_continuous_timestamps(clip: Path) -> No
         if len(sizes) == 15:
             pipeline.apply_output(fps=5, height=120)
 
-    try:
-        with ServerThread({"cam": pipeline}) as server:
-            frames = read_stream(server.url("/streams/cam_anon.ts"), seconds=6, on_frame=change_once)
-    finally:
-        pipeline.stop()
+    frames = watch(pipeline, seconds=6, on_frame=change_once)
     times = [float(f.time) for f in frames]
     assert all(b > a for a, b in itertools.pairwise(times)), "timestamps never go backwards"
     assert sizes[0] == (320, 240) and sizes[-1] == (160, 120)
@@ -173,12 +154,7 @@ def test_replace_method_works_live_on_real_faces(media_dir: Path, models_dir: Pa
     )
     pipeline = CameraPipeline("cam", config.cameras["cam"], config)
     pipeline.set_detector(build_detector(config, {Label.FACE, Label.LICENSE_PLATE}))
-    pipeline.start()
-    try:
-        with ServerThread({"cam": pipeline}) as server:
-            frames = read_stream(server.url("/streams/cam_anon.ts"), seconds=3)
-    finally:
-        pipeline.stop()
+    frames = watch(pipeline, seconds=3)
     anonymizer = pipeline.processor.anonymizer
     assert isinstance(anonymizer, ReplacingAnonymizer)
     assert len(frames) >= 20
