@@ -59,7 +59,11 @@ def _load_detectors(config: Config, pipelines: dict[str, CameraPipeline]) -> Non
 
     for name, pipeline in pipelines.items():
         labels = {Label.parse(kind) for kind in config.cameras[name].protect}
-        pipeline.set_detector(build_detector(config, labels))
+        try:
+            pipeline.set_detector(build_detector(config, labels))
+        except Exception:  # the camera stays fail-closed (whole frames masked), and says why
+            log.exception("%s: detector could not be loaded; every frame stays masked whole", name)
+            continue
         log.info("%s: detector ready (%s)", name, ", ".join(sorted(label.key for label in labels)))
 
 

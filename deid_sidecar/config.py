@@ -365,6 +365,17 @@ class Config(Strict):
     )
 
     @model_validator(mode="after")
+    def _protected_kinds_have_a_detector(self) -> Config:
+        # Protecting something no detector looks for would pass it through in the clear.
+        for cam_name, cam in self.cameras.items():
+            for kind in cam.protect:
+                if not getattr(self.detection, kind).enabled:
+                    raise ValueError(
+                        f"cameras.{cam_name}.protect: {kind} needs detection.{kind}.enabled: true"
+                    )
+        return self
+
+    @model_validator(mode="after")
     def _outputs_never_shadow_sources(self) -> Config:
         outputs: dict[str, str] = {}
         sources = {cam.source.removeprefix("go2rtc:") for cam in self.cameras.values()}

@@ -49,6 +49,8 @@ def test_generated_reference_is_current() -> None:
         ({"cameras": {"a": {"source": "go2rtc:a", "zones": [{"name": "z", "points": [[0, 0], [2, 0], [1, 1]]}]}}},
          "cameras.a.zones.0.points: zone points are fractions"),
         ({"cameras": {"bad name!": {"source": "go2rtc:x"}}}, "cameras.bad name!.[key]: String should match pattern"),
+        ({"cameras": {"yard": {"source": "go2rtc:yard", "protect": ["person"]}}},
+         "cameras.yard.protect: person needs detection.person.enabled: true"),
     ],
 )  # fmt: skip
 def test_invalid_values_name_their_key(data: dict[str, object], message: str) -> None:
