@@ -418,11 +418,12 @@ def substitute_env(text: str, environ: dict[str, str] | None = None) -> str:
 def format_validation_error(error: ValidationError) -> str:
     lines = []
     for item in error.errors():
-        path = ".".join(str(part) for part in item["loc"]) or "(top level)"
+        path = ".".join(str(part) for part in item["loc"])
         message = item["msg"].removeprefix("Value error, ")
         if item["type"] == "extra_forbidden":
             message = "unknown option"
-        lines.append(f"{path}: {message}")
+        # Cross-field checks name their key paths in the message themselves.
+        lines.append(f"{path}: {message}" if path else message)
     return "; ".join(lines)
 
 

@@ -42,6 +42,7 @@ def make_config(**mqtt: Any) -> Config:
     return parse_config(
         {
             "mqtt": {"enabled": True, **mqtt},
+            "detection": {"person": {"model": "ssdlite-person", "enabled": True}},
             "cameras": {
                 "front": {"source": "go2rtc:front"},
                 "back.yard": {"source": "go2rtc:back", "protect": ["face", "license_plate", "person"]},
