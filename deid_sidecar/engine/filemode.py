@@ -7,7 +7,6 @@ an object first detected at frame t is also masked on the frames before it.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import queue
@@ -30,6 +29,7 @@ from deid_sidecar.core.image import Image, as_image
 from deid_sidecar.detect.base import Detector
 from deid_sidecar.engine.processor import FrameProcessor, Processed
 from deid_sidecar.errors import UserError
+from deid_sidecar.models.fetch import sha256_file
 from deid_sidecar.outputs.encoder import bgr_to_frame
 
 log = logging.getLogger(__name__)
@@ -78,14 +78,6 @@ def _build_detector(config: Config, labels: set[Label]) -> Detector:
 
     detector: Detector = build_detector(config, labels, file_mode=True)
     return detector
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _check_output(output: Path, input_path: Path) -> None:
@@ -301,8 +293,8 @@ class _FileRun:
     def _write_audit(self) -> None:
         assert self.options.audit_path is not None
         document = {
-            "input": {"path": str(Path(self.source.name)), "sha256": _sha256(Path(self.source.name))},
-            "output": {"path": str(self.summary.output), "sha256": _sha256(self.summary.output)},
+            "input": {"path": str(Path(self.source.name)), "sha256": sha256_file(Path(self.source.name))},
+            "output": {"path": str(self.summary.output), "sha256": sha256_file(self.summary.output)},
             "models": _model_ids(self.processor.detector),
             "frames": self.audit,
         }
