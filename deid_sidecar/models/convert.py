@@ -141,13 +141,30 @@ def _write_torchvision_stand_in(site_packages: Path) -> None:
     (info / "RECORD").write_text("")
 
 
-def _run(cmd: list[str], what: str, env: dict[str, str] | None = None) -> None:
+def run_tool(
+    cmd: list[str],
+    what: str,
+    *,
+    timeout: float,
+    cwd: Path | None = None,
+    env: dict[str, str] | None = None,
+) -> None:
+    """Run a fetch/export tool; a failure is a one-line UserError with the tool's last line."""
     try:
         result = subprocess.run(
-            cmd, capture_output=True, text=True, timeout=EXPORT_TIMEOUT_S, env=env, check=False
+            cmd, cwd=cwd, capture_output=True, text=True, timeout=timeout, env=env, check=False
         )
     except (OSError, subprocess.TimeoutExpired) as exc:
         raise UserError(f"{what} failed: {exc}") from None
     if result.returncode != 0:
-        lines = [ln for ln in (result.stderr or result.stdout).splitlines() if ln.strip()]
-        raise UserError(f"{what} failed: {lines[-1].strip() if lines else 'no output'}")
+        raise UserError(f"{what} failed: {last_line(result.stderr or result.stdout)}")
+
+
+def last_line(text: str) -> str:
+    """The last meaningful line of a tool's output, for one-line error messages."""
+    lines = [line.strip() for line in text.splitlines() if line.strip() and not line.startswith("WARNING")]
+    return lines[-1] if lines else "(no output)"
+
+
+def _run(cmd: list[str], what: str, env: dict[str, str] | None = None) -> None:
+    run_tool(cmd, what, timeout=EXPORT_TIMEOUT_S, env=env)

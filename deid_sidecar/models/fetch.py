@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import hashlib
 import shutil
-import subprocess
 import sys
 import tarfile
 import tempfile
@@ -261,17 +260,4 @@ def install_atomic(src: Path, target: Path) -> None:
 
 
 def _run(cmd: list[str], what: str, cwd: Path | None = None) -> None:
-    try:
-        result = subprocess.run(
-            cmd, cwd=cwd, capture_output=True, text=True, timeout=DOWNLOAD_TIMEOUT_S, check=False
-        )
-    except (OSError, subprocess.TimeoutExpired) as exc:
-        raise UserError(f"{what} failed: {exc}") from None
-    if result.returncode != 0:
-        raise UserError(f"{what} failed: {last_line(result.stderr or result.stdout)}")
-
-
-def last_line(text: str) -> str:
-    """The last meaningful line of a tool's output, for one-line error messages."""
-    lines = [line.strip() for line in text.splitlines() if line.strip() and not line.startswith("WARNING")]
-    return lines[-1] if lines else "(no output)"
+    convert.run_tool(cmd, what, timeout=DOWNLOAD_TIMEOUT_S, cwd=cwd)
