@@ -191,7 +191,15 @@ def test_patch_changes_method_and_detection_live(pipeline: CameraPipeline) -> No
             assert camera["detection"] is False and camera["source"].startswith("file:") is False
             later = await client.patch("/api/cameras/cam", json={"fps": 5, "height": 120}, headers=AUTH)
             assert (await later.json())["fps"] == 5 and (await later.json())["height"] == 120
-            pipeline._apply_output_change()  # the worker does this before its next frame
+
+            # The camera's worker thread applies it before its next frame (only it may touch the encoder).
+            def applied() -> bool:
+                deadline = time.monotonic() + 10
+                while pipeline.fps != 5 and time.monotonic() < deadline:
+                    time.sleep(0.05)
+                return pipeline.fps == 5
+
+            assert await asyncio.get_running_loop().run_in_executor(None, applied)
             assert pipeline.fps == 5 and pipeline.reader.target_height == 120
 
     run(body)
