@@ -9,6 +9,10 @@
   their own `?token=`).
 - When the server listens beyond loopback and neither a token nor users are configured, a random
   token is generated at start and logged once: auth is never silently off on a network.
+- With auth off (loopback only), a request whose Host is not loopback, `server.host` or one of
+  `server.allowed_hosts` is refused: a web page cannot reach the API through DNS rebinding.
+- Failed logins are limited per user name and per client address with a growing lockout, and each
+  user keeps at most MAX_SESSIONS_PER_USER sessions (one user's logins never evict another's).
 All secret comparisons use `hmac.compare_digest` over fixed-length digests.
 """
 
@@ -18,6 +22,7 @@ import asyncio
 import hashlib
 import hmac
 import logging
+import math
 import secrets
 import time
 from collections import OrderedDict
@@ -34,10 +39,19 @@ SESSION_COOKIE = "deid_session"
 CSRF_COOKIE = "deid_csrf"
 CSRF_HEADER = "X-CSRF-Token"
 SESSION_TTL_S = 12 * 3600.0
-MAX_SESSIONS = 1000  # oldest sessions are dropped beyond this: memory stays bounded
+#: A user's oldest session is dropped beyond this: memory stays bounded per user.
+MAX_SESSIONS_PER_USER = 20
 #: A failed login waits this long before answering, which slows guessing.
 LOGIN_FAIL_DELAY_S = 0.5
+#: Failed logins allowed per user name and per address before each further one locks them out
+#: for LOCKOUT_BASE_S, doubling up to LOCKOUT_MAX_S. A success clears the count.
+FREE_LOGIN_FAILURES = 5
+LOCKOUT_BASE_S = 1.0
+LOCKOUT_MAX_S = 900.0
+#: Failure records kept (oldest forgotten first): guessing random names cannot exhaust memory.
+MAX_FAILURE_RECORDS = 10_000
 LOCAL_HOSTS = frozenset({"127.0.0.1", "::1", "localhost"})
+ANY_ADDRESS = frozenset({"0.0.0.0", "::", ""})  # noqa: S104
 OPEN_PREFIXES = ("/streams/", "/static/")
 OPEN_PATHS = frozenset({"/healthz", "/login"})
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
@@ -68,6 +82,39 @@ class _Session:
     expires: float
 
 
+@dataclass
+class _Failures:
+    count: int = 0
+    locked_until: float = 0.0
+
+
+class LoginLimiter:
+    """Counts failed logins per key (a user name, an address) and locks a key out with backoff."""
+
+    def __init__(self) -> None:
+        self._failures: OrderedDict[str, _Failures] = OrderedDict()
+
+    def retry_after(self, keys: list[str], now: float) -> float:
+        """Seconds until every key may try again (0 when none is locked)."""
+        waits = [f.locked_until - now for k in keys if (f := self._failures.get(k)) is not None]
+        return max([0.0, *waits])
+
+    def failed(self, keys: list[str], now: float) -> None:
+        for key in keys:
+            record = self._failures.pop(key, None) or _Failures()
+            record.count += 1
+            over = record.count - FREE_LOGIN_FAILURES
+            if over >= 0:
+                record.locked_until = now + min(LOCKOUT_BASE_S * 2.0**over, LOCKOUT_MAX_S)
+            self._failures[key] = record
+        while len(self._failures) > MAX_FAILURE_RECORDS:
+            self._failures.popitem(last=False)
+
+    def succeeded(self, keys: list[str]) -> None:
+        for key in keys:
+            self._failures.pop(key, None)
+
+
 def _digest(value: str) -> bytes:
     # Equal-length digests: compare_digest then takes the same time whatever the input's length.
     return hashlib.sha256(value.encode()).digest()
@@ -84,8 +131,18 @@ def mask_token(token: str) -> str:
 class Auth:
     """Token/users/sessions of one web app."""
 
-    def __init__(self, token: str | None, users: Mapping[str, WebUser] | None, host: str) -> None:
+    def __init__(
+        self,
+        token: str | None,
+        users: Mapping[str, WebUser] | None,
+        host: str,
+        allowed_hosts: list[str] | None = None,
+    ) -> None:
         self.users = dict(users or {})
+        self.hosts = LOCAL_HOSTS | {h.lower() for h in allowed_hosts or []}
+        if host not in ANY_ADDRESS:
+            self.hosts |= {host.lower()}
+        self.limiter = LoginLimiter()
         self.generated = False
         if not token and not self.users and host not in LOCAL_HOSTS:
             token = secrets.token_urlsafe(24)
@@ -113,11 +170,15 @@ class Auth:
         return None
 
     def new_session(self, identity: Identity) -> tuple[str, Identity]:
+        now = time.time()
         session_id = secrets.token_urlsafe(32)
         identity = Identity(identity.user, identity.admin, "session", secrets.token_urlsafe(24))
-        self._sessions[session_id] = _Session(identity, time.time() + SESSION_TTL_S)
-        while len(self._sessions) > MAX_SESSIONS:
-            self._sessions.popitem(last=False)
+        for old_id in [k for k, v in self._sessions.items() if v.expires < now]:
+            del self._sessions[old_id]
+        mine = [k for k, v in self._sessions.items() if v.identity.user == identity.user]
+        for old_id in mine[: max(0, len(mine) + 1 - MAX_SESSIONS_PER_USER)]:
+            del self._sessions[old_id]  # oldest first: the dict keeps insertion order
+        self._sessions[session_id] = _Session(identity, now + SESSION_TTL_S)
         return session_id, identity
 
     def end_session(self, session_id: str) -> None:
@@ -156,6 +217,14 @@ def _origin_ok(request: web.Request) -> bool:
     return urlsplit(origin).netloc == request.host
 
 
+def _host_ok(request: web.Request, auth: Auth) -> bool:
+    """With auth off, only our own names: a rebinding page sends its own (foreign) Host."""
+    if auth.enabled:
+        return True
+    name = urlsplit("//" + request.host).hostname or ""
+    return name.lower() in auth.hosts
+
+
 def _csrf_ok(request: web.Request, identity: Identity) -> bool:
     if not _origin_ok(request):
         return False
@@ -167,6 +236,9 @@ def auth_middleware(auth: Auth) -> Any:
     @web.middleware
     async def check(request: web.Request, handler: Handler) -> web.StreamResponse:
         path = request.path
+        if path != "/healthz" and not _host_ok(request, auth):
+            return _json_error(421, f"this server does not answer to Host {request.host!r} "
+                                    "(add it to server.allowed_hosts)")  # fmt: skip
         if path in OPEN_PATHS or path.startswith(OPEN_PREFIXES):
             return await handler(request)
         identity = auth.identify(request)
@@ -206,10 +278,22 @@ async def login(request: web.Request) -> web.StreamResponse:
         return _json_error(403, "login from a foreign Origin refused")
     form = await request.post()
     username, password, token = (str(form.get(k, "")) for k in ("username", "password", "token"))
+    keys = [f"address:{request.remote}", f"user:{username}" if username else "token"]
+    wait = auth.limiter.retry_after(keys, time.monotonic())
+    if wait > 0:
+        # Refused before any credential is looked at: a locked-out guesser learns nothing.
+        return web.json_response(
+            {"error": f"too many failed logins: try again in {math.ceil(wait)} s"},
+            status=429,
+            headers={"Retry-After": str(math.ceil(wait))},
+        )
     identity = auth.check_login(username, password, token)
     if identity is None:
+        auth.limiter.failed(keys, time.monotonic())
+        log.warning("web login failed from %s", request.remote)  # never the name: it may be a password
         await _fail_delay()
         raise web.HTTPFound("/login?failed=1")
+    auth.limiter.succeeded(keys)
     session_id, identity = auth.new_session(identity)
     log.info("web login: %s", identity.user)
     response = web.HTTPFound(_safe_next(str(form.get("next", "/"))))

@@ -17,6 +17,7 @@ from importlib import resources
 from pathlib import Path
 
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 
 from deid_sidecar import __version__
 from deid_sidecar.config import Config, parse_config
@@ -50,12 +51,30 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
     except web.HTTPException as exc:
         if exc.status < 400 or exc.content_type == "application/json":
             raise
-        return _json_error(exc.status, exc.reason)
+        response = _json_error(exc.status, exc.reason)
+        if "Allow" in exc.headers:  # 405 must say which methods the path takes
+            response.headers["Allow"] = exc.headers["Allow"]
+        return response
     except asyncio.CancelledError:
         raise
     except Exception:
         log.exception("%s %s failed", request.method, request.path)
         return _json_error(500, "internal error (see the server log)")
+
+
+class _BadRequestLog(logging.Filter):
+    """aiohttp logs a malformed request (a NUL in a header, a broken request line) with a traceback;
+    it is the client's error, answered 400: one warning line is enough."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if isinstance(exc, HttpProcessingError):
+            record.msg, record.args = "bad HTTP request refused (400): %s", (exc.message,)
+            record.exc_info, record.exc_text, record.levelno, record.levelname = None, None, 30, "WARNING"
+        return True
+
+
+_BAD_REQUEST_LOG = _BadRequestLog()
 
 
 async def healthz(request: web.Request) -> web.Response:
@@ -95,12 +114,13 @@ def _routes() -> list[web.RouteDef]:
         web.post("/api/cameras", cameras.add_camera),
         web.get("/api/cameras/{name}", cameras.get_camera),
         web.patch("/api/cameras/{name}", cameras.patch_camera),
+        web.delete("/api/cameras/{name}", cameras.delete_camera),
         web.post("/api/cameras/{name}/start", cameras.start_camera),
         web.post("/api/cameras/{name}/stop", cameras.stop_camera),
         web.get("/api/cameras/{name}/snapshot.jpg", cameras.snapshot),
         web.get("/api/cameras/{name}/mjpeg", cameras.mjpeg),
         web.get("/api/cameras/{name}/original.mjpeg", cameras.original_mjpeg),
-        web.get("/api/audit/original-views", cameras.original_views),
+        web.get("/api/audit", cameras.audit),
         web.post("/api/probe", cameras.probe),
         web.post("/api/config/save", cameras.save_config),
         web.post("/api/jobs", uploads.create_job),
@@ -157,7 +177,8 @@ def build_app(
     """
     config = config if config is not None else parse_config({})
     factory = detector_factory or _default_detector
-    access = auth.Auth(api_token, users, host)
+    access = auth.Auth(api_token, users, host, config.server.allowed_hosts)
+    logging.getLogger("aiohttp.server").addFilter(_BAD_REQUEST_LOG)  # a set: added once
     state = WebState(
         config=config,
         config_path=config_path,
@@ -169,6 +190,7 @@ def build_app(
         detector_factory=factory,
         allow_original_view=allow_original_view,
         max_upload_bytes=max_upload_bytes,
+        preview_viewers=config.server.preview_viewers,
     )
     app = web.Application(middlewares=[error_middleware, auth.auth_middleware(access)])
     app[STATE_KEY] = state

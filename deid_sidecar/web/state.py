@@ -18,10 +18,11 @@ from deid_sidecar.engine.live import CameraPipeline
 from deid_sidecar.jobs import DetectorFactory, JobManager
 from deid_sidecar.outputs.http_ts import StreamHub
 from deid_sidecar.web.auth import Auth
+from deid_sidecar.web.preview import CameraPreview
 
 log = logging.getLogger(__name__)
 
-#: Original-view records kept for `GET /api/audit/original-views` (older ones stay in the log).
+#: Audit records kept for `GET /api/audit` (older ones stay in the log).
 AUDIT_KEEP = 1000
 
 
@@ -58,8 +59,11 @@ class WebState:
     detector_factory: DetectorFactory
     allow_original_view: bool
     max_upload_bytes: int
+    preview_viewers: int = 10
+    probes_running: int = 0
     added: set[str] = field(default_factory=set)  # cameras this app started (and must stop)
-    original_views: deque[dict[str, Any]] = field(default_factory=lambda: deque(maxlen=AUDIT_KEEP))
+    audit: deque[dict[str, Any]] = field(default_factory=lambda: deque(maxlen=AUDIT_KEEP))
+    previews: dict[str, CameraPreview] = field(default_factory=dict)
 
     def pipeline(self, name: str) -> CameraPipeline:
         pipeline = self.pipelines.get(name)
@@ -67,10 +71,15 @@ class WebState:
             raise ApiError(404, f"unknown camera {name!r}")
         return pipeline
 
-    def record_original_view(self, user: str, camera: str, event: str) -> None:
+    def preview(self, name: str) -> CameraPreview:
+        self.pipeline(name)
+        return self.previews.setdefault(name, CameraPreview(self.preview_viewers))
+
+    def record_audit(self, user: str, camera: str, event: str) -> None:
+        """Actions that show or mask less: the original view, and changes that unmask."""
         entry = {"user": user, "camera": camera, "event": event, "time": time.time()}
-        self.original_views.append(entry)
-        log.warning("ORIGINAL (unanonymized) view of %s %s by %s", camera, event, user)
+        self.audit.append(entry)
+        log.warning("PRIVACY AUDIT %s: %s by %s", camera, event, user)
 
     def camera_json(self, name: str) -> dict[str, Any]:
         pipeline, settings = self.pipeline(name), self.settings[name]
