@@ -17,11 +17,11 @@ import tempfile
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 from urllib.parse import unquote
 
 import av
@@ -29,12 +29,20 @@ import cv2
 
 from deid_sidecar.config import Config, Method
 from deid_sidecar.core.detections import Label
+from deid_sidecar.core.imagesize import (
+    ImageSize,
+    ImageTooLargeError,
+    UnreadableImageError,
+    check_image_size,
+)
 from deid_sidecar.detect.base import Detector
 from deid_sidecar.engine.filemode import (
     IMAGE_SUFFIXES,
     FileOptions,
+    VideoTooLargeError,
     anonymize_file,
     anonymize_image_file,
+    open_video,
 )
 from deid_sidecar.errors import UserError
 
@@ -82,17 +90,34 @@ def media_kind(filename: str) -> str:
     raise JobError(415, f"file type {suffix or '(none)'!r} is not accepted; use one of {allowed}")
 
 
+def check_image_header(source: bytes | BinaryIO) -> ImageSize:
+    """The image's size from its header, before anything decodes it: JobError 415 when it is not a
+    readable image of an accepted type, 413 when it has more than MAX_IMAGE_PIXELS."""
+    try:
+        return check_image_size(source)
+    except UnreadableImageError as exc:
+        raise JobError(415, f"the upload is not a readable image: {exc}") from None
+    except ImageTooLargeError as exc:
+        raise JobError(413, f"the image is refused: {exc}") from None
+
+
 def probe_upload(path: Path, kind: str) -> dict[str, Any]:
-    """Open the file the way the job will (blocking: call in an executor); JobError 415 if unreadable."""
+    """Open the file the way the job will (blocking: call in an executor); JobError 415 if unreadable,
+    413 if its pictures are above the pixel limits (checked before any decoding)."""
     if kind == "image":
+        with path.open("rb") as handle:
+            check_image_header(handle)
         image = cv2.imread(str(path), cv2.IMREAD_COLOR)
         if image is None:
             raise JobError(415, "the upload is not a readable image")
         return {"width": int(image.shape[1]), "height": int(image.shape[0])}
     try:
-        with av.open(str(path), timeout=PROBE_TIMEOUT_S) as container:
-            if not container.streams.video:
-                raise JobError(415, "the upload has no video stream")
+        container = open_video(path, timeout=PROBE_TIMEOUT_S)
+    except UserError as exc:  # the message names the server's path: say "the upload" instead
+        status = 413 if isinstance(exc, VideoTooLargeError) else 415
+        raise JobError(status, str(exc).replace(str(path), "the upload")) from None
+    try:
+        with container:
             stream = container.streams.video[0]
             frame = next(container.decode(stream), None)
             if frame is None:
@@ -169,18 +194,22 @@ class JobManager:
 
     # --- queries ---------------------------------------------------------------------------------
 
-    def get(self, job_id: str) -> Job:
+    def get(self, job_id: str, user: str | None = None) -> Job:
+        """The job `job_id`; with `user`, only when that user owns it: someone else's job answers the
+        same 404 as an unknown id, so ids cannot be probed. Admins pass no user."""
         if not JOB_ID.fullmatch(job_id):
             raise JobError(400, "job id must be 32 lowercase hex digits")
         with self._lock:
             job = self._jobs.get(job_id)
-        if job is None:
+        if job is None or (user is not None and job.owner != user):
             raise JobError(404, f"no job {job_id} (it may have expired)")
         return job
 
-    def list(self) -> list[Job]:
+    def list(self, user: str | None = None) -> list[Job]:
+        """Newest first; with `user`, only that user's jobs."""
         with self._lock:
-            return sorted(self._jobs.values(), key=lambda job: job.created, reverse=True)
+            jobs = [job for job in self._jobs.values() if user is None or job.owner == user]
+        return sorted(jobs, key=lambda job: job.created, reverse=True)
 
     def counts(self) -> dict[str, int]:
         counts = {"queued": 0, "running": 0, "done": 0, "failed": 0}
@@ -196,6 +225,17 @@ class JobManager:
 
     def audit_path(self, job: Job) -> Path:
         return self.job_dir(job) / "audit.json"
+
+    def check_protect(self, protect: Iterable[str]) -> None:
+        """JobError 400 when a kind to protect has its detector disabled in the config: the job
+        could only fail (or, worse, pass that kind through)."""
+        for name in protect:
+            if not getattr(self.config.detection, Label.parse(name).key).enabled:
+                raise JobError(
+                    400,
+                    f"protect: {name} is not available on this server "
+                    f"(detection.{name}.enabled is false in its config)",
+                )
 
     # --- lifecycle ---------------------------------------------------------------------------------
 

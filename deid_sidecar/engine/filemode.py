@@ -26,6 +26,13 @@ from deid_sidecar.anonymize.masks import Anonymizer, ZoneMasker
 from deid_sidecar.config import Config, Method
 from deid_sidecar.core.detections import Label
 from deid_sidecar.core.image import Image, as_image
+from deid_sidecar.core.imagesize import (
+    ImageSize,
+    ImageTooLargeError,
+    UnreadableImageError,
+    check_image_size,
+    read_image_size,
+)
 from deid_sidecar.detect.base import Detector
 from deid_sidecar.engine.processor import FrameProcessor, Processed
 from deid_sidecar.errors import UserError
@@ -39,6 +46,24 @@ WRITER_QUEUE = 8
 #: Look-ahead in seconds: how far back an object first detected later is masked.
 LOOKAHEAD_S = 1.0
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
+#: Largest video frame accepted (width x height), 8192x8192: checked as soon as the input is opened,
+#: before any frame is decoded, and given to the decoder, which refuses bigger frames later on.
+MAX_VIDEO_SIDE = 8192
+MAX_VIDEO_PIXELS = MAX_VIDEO_SIDE * MAX_VIDEO_SIDE
+#: Decoder options for every input: ffmpeg also decodes while probing, so the limit goes in at open.
+_DECODE_OPTIONS = {"max_pixels": str(MAX_VIDEO_PIXELS)}
+
+
+class VideoTooLargeError(UserError):
+    """The input's frames are bigger than MAX_VIDEO_PIXELS."""
+
+    def __init__(self, path: Path, width: int, height: int) -> None:
+        super().__init__(
+            f"{path}: {width}x{height} video frames ({width * height / 1e6:.1f} megapixels) are above "
+            f"the limit of {MAX_VIDEO_PIXELS / 1e6:.1f} megapixels ({MAX_VIDEO_SIDE}x{MAX_VIDEO_SIDE})"
+        )
+        self.width = width
+        self.height = height
 
 
 @dataclass(frozen=True)
@@ -87,17 +112,56 @@ def _check_output(output: Path, input_path: Path) -> None:
         raise UserError(f"cannot write {output}: folder {output.parent} does not exist")
 
 
-def open_video(path: Path) -> av.container.InputContainer:
-    if not path.is_file():
+def check_input(path: Path) -> None:
+    """UserError unless `path` is a regular file (a folder, /dev/zero or a FIFO would hang or mislead)."""
+    if path.is_dir():
+        raise UserError(f"input {path} is a directory")
+    if not path.exists():
         raise UserError(f"input {path} does not exist")
+    if not path.is_file():
+        raise UserError(f"input {path} is not a regular file")
+
+
+def open_video(path: Path, timeout: float | None = None) -> av.container.InputContainer:
+    """The input opened for decoding; UserError if it is not a video, VideoTooLargeError if its frames
+    are above MAX_VIDEO_PIXELS (checked before any frame is decoded)."""
+    check_input(path)
     try:
-        container = av.open(str(path))
+        container = av.open(str(path), options=_DECODE_OPTIONS, timeout=timeout)
     except av.FFmpegError as exc:
         raise UserError(f"{path} is not a readable video: {exc}") from None
     if not container.streams.video:
         container.close()
         raise UserError(f"{path} has no video stream")
+    context = container.streams.video[0].codec_context
+    width, height = context.width, context.height
+    if width * height > MAX_VIDEO_PIXELS:
+        container.close()
+        raise VideoTooLargeError(path, width, height)
+    if width <= 0 or height <= 0:
+        # ffmpeg leaves the size unset when its probe could not decode a frame: corrupt, or refused
+        # by max_pixels. Image codecs (PNG, MJPEG...) carry their size in each packet's header.
+        size = _first_packet_image_size(container)
+        container.close()
+        if size is not None and size.pixels > MAX_VIDEO_PIXELS:
+            raise VideoTooLargeError(path, size.width, size.height)
+        raise UserError(
+            f"{path} is not a readable video: its frame size is unknown (it is corrupt, "
+            f"or its frames are above the limit of {MAX_VIDEO_SIDE}x{MAX_VIDEO_SIDE} pixels)"
+        )
+    context.options = dict(_DECODE_OPTIONS)
     return container
+
+
+def _first_packet_image_size(container: av.container.InputContainer) -> ImageSize | None:
+    """The size in the first video packet's header when that packet is an image (PNG, JPEG...)."""
+    try:
+        for packet in container.demux(container.streams.video[0]):
+            if packet.size:
+                return read_image_size(bytes(packet))
+    except (av.FFmpegError, UnreadableImageError):
+        pass
+    return None
 
 
 class VideoWriter:
@@ -239,15 +303,23 @@ class _FileRun:
     def execute(self) -> FileSummary:
         started = time.perf_counter()
         try:
-            self._decode_all()
-        finally:
-            for processed in self.processor.drain():
-                self._emit(processed)
-            self.writer.close()
-            self.processor.close()
-            self.summary.seconds = time.perf_counter() - started
-            if self.options.progress:
-                sys.stderr.write("\n")
+            try:
+                self._decode_all()
+            finally:
+                for processed in self.processor.drain():
+                    self._emit(processed)
+                self.writer.close()
+                self.processor.close()
+                self.summary.seconds = time.perf_counter() - started
+                if self.options.progress:
+                    sys.stderr.write("\n")
+            if not self.summary.frames:
+                problem = f": {self.summary.error}" if self.summary.error else " has no decodable video frame"
+                raise UserError(f"{self.source.name}{problem}; no output was written")
+        except BaseException:
+            # Unfinished (no frame, a write error, an interrupt): an MP4 without its index is broken.
+            self.summary.output.unlink(missing_ok=True)
+            raise
         if self.options.audit_path:
             self._write_audit()
         if self.summary.error:
@@ -326,10 +398,27 @@ def _model_ids(detector: Detector | None) -> list[str]:
     return list(ids) if ids else []
 
 
+def check_image_file(path: Path) -> None:
+    """UserError unless `path` is a regular file whose header is an accepted image of at most
+    MAX_IMAGE_PIXELS; reads the header only (a decompression bomb is refused before decoding)."""
+    check_input(path)
+    try:
+        with path.open("rb") as handle:
+            check_image_size(handle)
+    except OSError as exc:
+        raise UserError(f"cannot read {path}: {exc.strerror}") from None
+    except UnreadableImageError as exc:
+        raise UserError(f"{path} is not a readable image: {exc}") from None
+    except ImageTooLargeError as exc:
+        raise UserError(f"{path} is refused: {exc}") from None
+
+
 def read_image(path: Path) -> np.ndarray:
-    if not path.is_file():
-        raise UserError(f"input {path} does not exist")
-    data = np.fromfile(str(path), np.uint8)
+    check_image_file(path)
+    try:
+        data = np.fromfile(str(path), np.uint8)
+    except OSError as exc:
+        raise UserError(f"cannot read {path}: {exc.strerror}") from None
     image = cv2.imdecode(data, cv2.IMREAD_COLOR)
     if image is None:
         raise UserError(f"{path} is not a readable image")

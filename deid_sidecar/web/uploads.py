@@ -1,19 +1,34 @@
-"""Upload routes: file jobs (queued, with progress, result and audit downloads) and one-shot images."""
+"""Upload routes: file jobs (queued, with progress, result and audit downloads) and one-shot images.
+
+A job is its owner's: other users neither list it nor reach it by id (404, as for an unknown id);
+admins (and the API token) see every job. Bad input of any kind, including a multipart body that
+breaks the format, is a 4xx naming the problem: only the server's own faults are 5xx.
+"""
 
 from __future__ import annotations
 
 import logging
+from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import BinaryIO
 
 import cv2
 import numpy as np
-from aiohttp import BodyPartReader, web
+from aiohttp import BodyPartReader, MultipartReader, web
+from aiohttp.http_exceptions import HttpProcessingError, InvalidHeader, LineTooLong
 
 from deid_sidecar.config import Method
 from deid_sidecar.core.detections import Label
 from deid_sidecar.engine.filemode import FileOptions, anonymize_image
-from deid_sidecar.jobs import Job, JobError, media_kind, probe_upload, sanitize_filename
+from deid_sidecar.errors import UserError
+from deid_sidecar.jobs import (
+    Job,
+    JobError,
+    check_image_header,
+    media_kind,
+    probe_upload,
+    sanitize_filename,
+)
 from deid_sidecar.web.auth import identity_of
 from deid_sidecar.web.cameras import in_executor
 from deid_sidecar.web.state import ApiError, WebState, state_of
@@ -25,7 +40,12 @@ WRITE_CHUNK = 1 << 20
 #: Largest image `POST /api/image` takes (it is held in memory).
 MAX_IMAGE_BYTES = 50 << 20
 MAX_FIELD_BYTES = 1024
+#: Parts of one multipart form read before it is refused (a job form has at most 3).
+MAX_PARTS = 16
 PROTECT_CHOICES = ("face", "license_plate", "person")
+#: What aiohttp raises for a body that breaks the format: part headers that are not `Name: value`
+#: (a non-ASCII or empty header name, a NUL), a line too long, a missing boundary, a body cut short.
+_MALFORMED = (ValueError, AssertionError, HttpProcessingError)
 
 
 def parse_options(fields: dict[str, str]) -> tuple[list[str], Method | None]:
@@ -46,13 +66,50 @@ def _check_length(request: web.Request, limit: int) -> None:
         raise ApiError(413, f"upload is larger than the limit of {limit // (1 << 20)} MB")
 
 
-async def _multipart(request: web.Request) -> Any:
+def _malformed(exc: BaseException) -> ApiError:
+    if isinstance(exc, InvalidHeader):
+        detail = "a part has an invalid header line (header names are ASCII, followed by a colon)"
+    elif isinstance(exc, LineTooLong):
+        detail = "a part has a header line that is too long"
+    elif isinstance(exc, HttpProcessingError):
+        detail = exc.message
+    elif "EOF" in str(exc):
+        detail = "the body ends before its closing boundary"
+    else:
+        detail = str(exc) or type(exc).__name__
+    return ApiError(400, f"malformed multipart body: {detail[:200]}")
+
+
+async def _multipart(request: web.Request) -> MultipartReader:
     if not request.content_type.startswith("multipart/"):
         raise ApiError(400, "send multipart/form-data with a `file` part")
     try:
         return await request.multipart()
-    except (ValueError, AssertionError):
-        raise ApiError(400, "malformed multipart body") from None
+    except _MALFORMED as exc:
+        raise _malformed(exc) from None
+
+
+async def _parts(reader: MultipartReader) -> AsyncIterator[BodyPartReader]:
+    """The form's parts, one at a time; ApiError 400 for a nested multipart, too many parts or a
+    body that breaks the format (never an exception that would become a 500)."""
+    for _ in range(MAX_PARTS):
+        try:
+            part = await reader.next()
+        except _MALFORMED as exc:
+            raise _malformed(exc) from None
+        if part is None:
+            return
+        if not isinstance(part, BodyPartReader):
+            raise ApiError(400, "nested multipart is not accepted")
+        yield part
+    raise ApiError(400, f"the form has more than {MAX_PARTS} parts")
+
+
+async def _chunk(part: BodyPartReader) -> bytes:
+    try:
+        return await part.read_chunk(256 * 1024)
+    except _MALFORMED as exc:
+        raise _malformed(exc) from None
 
 
 async def _save_part(part: BodyPartReader, path: Path, limit: int) -> int:
@@ -61,7 +118,7 @@ async def _save_part(part: BodyPartReader, path: Path, limit: int) -> int:
     buffer = bytearray()
     handle: BinaryIO = await in_executor(path.open, "wb")
     try:
-        while chunk := await part.read_chunk(256 * 1024):
+        while chunk := await _chunk(part):
             size += len(chunk)
             if size > limit:
                 raise ApiError(413, f"upload is larger than the limit of {limit // (1 << 20)} MB")
@@ -76,10 +133,18 @@ async def _save_part(part: BodyPartReader, path: Path, limit: int) -> int:
 
 
 async def _read_field(part: BodyPartReader) -> str:
-    data = await part.read()
-    if len(data) > MAX_FIELD_BYTES:
-        raise ApiError(400, f"form field {part.name!r} is too long")
+    data = bytearray()
+    while chunk := await _chunk(part):  # bounded as it is read: a chunked body has no length to check
+        data += chunk
+        if len(data) > MAX_FIELD_BYTES:
+            raise ApiError(400, f"form field {part.name!r} is too long")
     return data.decode("utf-8", "replace")
+
+
+def _owner_filter(request: web.Request) -> str | None:
+    """The user whose jobs this request may see; None (all jobs) for admins."""
+    identity = identity_of(request)
+    return None if identity.admin else identity.user
 
 
 async def create_job(request: web.Request) -> web.Response:
@@ -89,9 +154,7 @@ async def create_job(request: web.Request) -> web.Response:
     fields: dict[str, str] = {}
     upload: tuple[str, Path, str, str] | None = None  # job id, path, filename, kind
     try:
-        while (part := await reader.next()) is not None:
-            if not isinstance(part, BodyPartReader):
-                raise ApiError(400, "nested multipart is not accepted")
+        async for part in _parts(reader):
             if part.name == "file" and upload is None:
                 upload = await _receive_file(state, part)
             elif part.name in ("protect", "method"):
@@ -101,6 +164,7 @@ async def create_job(request: web.Request) -> web.Response:
         if upload is None:
             raise ApiError(400, "the form has no `file` part")
         protect, method = parse_options(fields)
+        state.jobs.check_protect(protect)
         job_id, path, filename, kind = upload
         await in_executor(probe_upload, path, kind)
     except (ApiError, JobError):
@@ -127,17 +191,22 @@ async def _receive_file(state: WebState, part: BodyPartReader) -> tuple[str, Pat
 
 async def list_jobs(request: web.Request) -> web.Response:
     jobs = state_of(request).jobs
+    mine = jobs.list(_owner_filter(request))
     return web.json_response(
-        {"jobs": [job.to_json() for job in jobs.list()], "limit": jobs.limit, "ttl_s": jobs.ttl_s}
+        {"jobs": [job.to_json() for job in mine], "limit": jobs.limit, "ttl_s": jobs.ttl_s}
     )
 
 
+def _visible_job(request: web.Request) -> Job:
+    return state_of(request).jobs.get(request.match_info["id"], _owner_filter(request))
+
+
 async def get_job(request: web.Request) -> web.Response:
-    return web.json_response(state_of(request).jobs.get(request.match_info["id"]).to_json())
+    return web.json_response(_visible_job(request).to_json())
 
 
 def _finished_job(request: web.Request) -> Job:
-    job = state_of(request).jobs.get(request.match_info["id"])
+    job = _visible_job(request)
     if job.state == "failed":
         raise ApiError(409, f"job {job.id} failed: {job.error}")
     if job.state != "done":
@@ -171,17 +240,23 @@ async def _image_bytes(request: web.Request) -> bytes:
     _check_length(request, limit)
     if request.content_type.startswith("image/"):
         data = bytearray()
-        while chunk := await request.content.read(256 * 1024):
+        while True:
+            try:
+                chunk = await request.content.read(256 * 1024)
+            except HttpProcessingError as exc:  # e.g. a broken chunked encoding
+                raise ApiError(400, f"malformed request body: {exc.message[:200]}") from None
+            if not chunk:
+                break
             data += chunk
             if len(data) > limit:
                 raise ApiError(413, f"image is larger than the limit of {limit // (1 << 20)} MB")
         return bytes(data)
     reader = await _multipart(request)
-    while (part := await reader.next()) is not None:
-        if isinstance(part, BodyPartReader) and part.name == "file":
+    async for part in _parts(reader):
+        if part.name == "file":
             media_kind(sanitize_filename(part.filename or "image.jpg"))
             data = bytearray()
-            while chunk := await part.read_chunk(256 * 1024):
+            while chunk := await _chunk(part):
                 data += chunk
                 if len(data) > limit:
                     raise ApiError(413, f"image is larger than the limit of {limit // (1 << 20)} MB")
@@ -192,7 +267,9 @@ async def _image_bytes(request: web.Request) -> bytes:
 async def anonymize_one_image(request: web.Request) -> web.Response:
     state = state_of(request)
     protect, method = parse_options(dict(request.query))
+    state.jobs.check_protect(protect)
     data = await _image_bytes(request)
+    check_image_header(data)  # the header alone: a decompression bomb is refused before decoding
     labels = {Label.parse(p) for p in protect}
 
     def work() -> tuple[bytes, str]:
@@ -200,8 +277,14 @@ async def anonymize_one_image(request: web.Request) -> web.Response:
         if image is None:
             raise JobError(415, "the body is not a readable image")
         image = np.ascontiguousarray(image)
-        anonymize_image(image, state.config, FileOptions(protect=protect, method=method),
-                        state.jobs.detector(labels))  # fmt: skip
+        try:
+            detector = state.jobs.detector(labels)
+        except UserError as exc:  # the server's models or config, not the request: no traceback
+            log.error("POST /api/image: cannot load the detector for %s: %s", ", ".join(protect), exc)
+            raise JobError(
+                503, f"the detector for {', '.join(protect)} cannot be loaded (see the server log)"
+            ) from None
+        anonymize_image(image, state.config, FileOptions(protect=protect, method=method), detector)
         png = data[:8] == b"\x89PNG\r\n\x1a\n"
         ok, encoded = cv2.imencode(".png" if png else ".jpg", image)
         if not ok:
