@@ -1,7 +1,9 @@
 """Command line: run, file, image, models, media, check-config, config-docs, go2rtc-yaml.
 
 Every command turns a `UserError` into one line on stderr and exit status 2: never a traceback.
-Modules are imported inside the commands so `--help` and `check-config` stay fast.
+Error lines and log lines pass through the one redactor (`core.redact.mask_url`): no credential in a
+URL reaches the terminal. Modules are imported inside the commands so `--help` and `check-config`
+stay fast.
 """
 
 from __future__ import annotations
@@ -13,13 +15,15 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from deid_sidecar import __version__
-from deid_sidecar.config import Config, Method, load_config, parse_config
+from deid_sidecar.config import Config, Method, load_config, parse_config, preflight
+from deid_sidecar.core.redact import RedactingFormatter, mask_url
 from deid_sidecar.errors import UserError
 
 log = logging.getLogger("deid_sidecar")
 
 EXIT_USER_ERROR = 2
 EXIT_INTERRUPTED = 130
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 
 class _Parser(argparse.ArgumentParser):
@@ -27,6 +31,13 @@ class _Parser(argparse.ArgumentParser):
 
     def error(self, message: str) -> None:  # type: ignore[override]
         self.exit(EXIT_USER_ERROR, f"deid-sidecar: error: {message}\n")
+
+
+def load_checked(path: str | Path) -> Config:
+    """What `check-config` accepts and `run -c` starts with: validation, then the file-system checks."""
+    config = load_config(path)
+    preflight(config)
+    return config
 
 
 def _load(args: argparse.Namespace) -> Config:
@@ -40,7 +51,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     from deid_sidecar.demo import demo_config
 
     if args.config:
-        return run_app(load_config(args.config), Path(args.config))
+        return run_app(load_checked(args.config), Path(args.config))
     return run_app(demo_config())
 
 
@@ -104,7 +115,7 @@ def _cmd_media(args: argparse.Namespace) -> int:
 
 
 def _cmd_check_config(args: argparse.Namespace) -> int:
-    config = load_config(args.config)
+    config = load_checked(args.config)
     print(f"{args.config}: valid ({len(config.cameras)} cameras)")
     return 0
 
@@ -186,17 +197,22 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def error_line(exc: BaseException) -> str:
+    """The one line printed for a UserError: credentials masked, line breaks folded."""
+    lines = [line.strip() for line in mask_url(str(exc)).splitlines()]
+    return "deid-sidecar: error: " + " ".join(line for line in lines if line)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    stderr = logging.StreamHandler()
+    stderr.setFormatter(RedactingFormatter(LOG_FORMAT))
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, handlers=[stderr])
     handler: Callable[[argparse.Namespace], int] = args.handler
     try:
         return handler(args)
     except UserError as exc:
-        print(f"deid-sidecar: error: {exc}", file=sys.stderr)
+        print(error_line(exc), file=sys.stderr)
         return EXIT_USER_ERROR
     except KeyboardInterrupt:
         return EXIT_INTERRUPTED

@@ -1,13 +1,19 @@
 """Configuration: pydantic v2 models, the one source of truth for every option.
 
 `docs/config.md` is generated from these models (`deid-sidecar config-docs`); CI checks it is current.
-Loading has no side effects: it reads YAML, substitutes `${ENV}` references and validates.
+Loading has no side effects: it reads YAML, substitutes `${ENV}` references and validates. Loading is
+bounded (file size, nesting depth, values after YAML aliases are expanded) so that no file, however
+crafted, ends in a traceback or takes long to refuse. Checks that need the file system (does a
+`file:` source exist?) are in `preflight`, which `check-config` and `run` both call.
 """
 
 from __future__ import annotations
 
+import ipaddress
+import logging
 import os
 import re
+from collections.abc import Iterator
 from enum import Enum
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -23,13 +29,34 @@ from pydantic import (
     model_validator,
 )
 
+from deid_sidecar.core.redact import inline_password, mask_url
 from deid_sidecar.errors import ConfigError
+from deid_sidecar.sources.spec import file_source_error, source_form_error, stream_name
+
+log = logging.getLogger(__name__)
 
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
 
+# Bounds shared by the config file and every runtime change (web API, MQTT): one definition, so a
+# value the config would refuse can never reach a camera another way.
+MIN_OUTPUT_FPS = 1.0
+MAX_OUTPUT_FPS = 60.0
+MIN_OUTPUT_HEIGHT = 90
+MAX_OUTPUT_HEIGHT = 2160
+#: Shortest accepted `server.token` / `server.stream_token`: a short token can be guessed.
+MIN_TOKEN_LENGTH = 16
+
+# Limits of a config FILE: anything beyond them is refused with a message, before validation.
+MAX_CONFIG_BYTES = 1 << 20
+MAX_YAML_DEPTH = 32
+#: Values (mappings, lists, scalars) the document may hold once its aliases are expanded: far above
+#: any real config, far below an alias bomb ("billion laughs"), which expands exponentially.
+MAX_YAML_NODES = 100_000
+
 
 class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_default=True)
+    # inf and NaN pass some bounds checks (and NaN fails every comparison): refused everywhere.
+    model_config = ConfigDict(extra="forbid", validate_default=True, allow_inf_nan=False)
 
 
 class Method(str, Enum):
@@ -239,20 +266,33 @@ class Go2rtcConfig(Strict):
 
 
 class WebUserConfig(Strict):
-    password: SecretStr = Field(description="Web UI login password. Use ${ENV}.")
+    password: SecretStr = Field(description="Web UI login password (not empty). Use ${ENV}.")
     admin: bool = Field(
         False, description="May add cameras, save the config and (when enabled) see the original view."
     )
+
+    @field_validator("password", mode="before")
+    @classmethod
+    def _not_empty(cls, value: Any) -> Any:
+        # An unset `${ENV}` reference with an empty default arrives here as None.
+        raw = value.get_secret_value() if isinstance(value, SecretStr) else value
+        if raw is None or (isinstance(raw, str) and not raw.strip()):
+            raise ValueError("must not be empty (a login without a password); set it, e.g. ${WEB_PASSWORD}")
+        return value
 
 
 class ServerConfig(Strict):
     host: str = Field("0.0.0.0", description="Address the HTTP server listens on.")  # noqa: S104
     port: int = Field(8080, ge=1, le=65535, description="HTTP port: streams, API, web UI.")
     token: SecretStr | None = Field(
-        None, description="Bearer token for the API (not for /healthz and streams). Use ${ENV}."
+        None,
+        description=f"Bearer token for the API (not for /healthz and streams), at least {MIN_TOKEN_LENGTH} "
+        "characters. Use ${ENV}.",
     )
     stream_token: SecretStr | None = Field(
-        None, description="Optional token go2rtc must send (?token=) to read the stream URLs."
+        None,
+        description=f"Optional token go2rtc must send (?token=) to read the stream URLs, at least "
+        f"{MIN_TOKEN_LENGTH} characters.",
     )
     users: dict[Annotated[str, Field(pattern=NAME_PATTERN)], WebUserConfig] = Field(
         default_factory=dict, description="Web UI logins besides `token` (username -> password, admin)."
@@ -270,6 +310,44 @@ class ServerConfig(Strict):
         3600.0, ge=60.0, le=604800.0, description="Seconds a finished job's result is kept before deletion."
     )
     max_upload_mb: int = Field(500, ge=1, le=20000, description="Largest accepted upload in MB.")
+    allowed_hosts: list[str] = Field(
+        default_factory=list,
+        description="Host names this server answers to besides loopback and `host` while auth is off "
+        "(a foreign Host header is refused: DNS rebinding).",
+    )
+    media_dirs: list[str] = Field(
+        default_factory=list,
+        description="Folders whose files an admin may probe or add as `file:` cameras from the web UI; "
+        "files elsewhere are refused.",
+    )
+    preview_viewers: int = Field(
+        10, ge=1, le=100, description="Live preview (MJPEG) viewers per camera at the same time."
+    )
+
+    @field_validator("token", "stream_token")
+    @classmethod
+    def _long_enough(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and len(value.get_secret_value()) < MIN_TOKEN_LENGTH:
+            raise ValueError(
+                f"must be at least {MIN_TOKEN_LENGTH} characters (e.g. `openssl rand -hex 16`), or left unset"
+            )
+        return value
+
+    @field_validator("allowed_hosts")
+    @classmethod
+    def _host_names(cls, value: list[str]) -> list[str]:
+        for host in value:
+            if not _is_host_name(host):
+                raise ValueError(f"{host!r} is not a host name or IP address (no scheme, port or path)")
+        return value
+
+    @field_validator("media_dirs")
+    @classmethod
+    def _folders(cls, value: list[str]) -> list[str]:
+        # '' would be the working directory: a folder must be named.
+        if any(not folder.strip() for folder in value):
+            raise ValueError("a folder must not be empty")
+        return value
 
 
 class MqttConfig(Strict):
@@ -313,9 +391,12 @@ class OutputConfig(Strict):
     name: str | None = Field(
         None, pattern=NAME_PATTERN, description="Anonymized stream name; default `<camera>_anon`."
     )
-    fps: float = Field(15.0, gt=0, le=60, description="Output frames per second.")
+    fps: float = Field(15.0, ge=MIN_OUTPUT_FPS, le=MAX_OUTPUT_FPS, description="Output frames per second.")
     height: int | None = Field(
-        None, ge=90, le=2160, description="Output height in pixels (width keeps aspect); default: source."
+        None,
+        ge=MIN_OUTPUT_HEIGHT,
+        le=MAX_OUTPUT_HEIGHT,
+        description="Output height in pixels (width keeps aspect); default: source.",
     )
     bitrate_kbps: int = Field(2000, ge=100, le=50_000, description="Target video bitrate.")
     encoder: Literal["auto", "libx264", "h264_nvenc", "h264_qsv"] = Field(
@@ -345,6 +426,15 @@ class CameraConfig(Strict):
     zones: list[Zone] = Field(default_factory=list, description="Areas that are always masked.")
     invert_zones: bool = Field(False, description="Mask everything OUTSIDE the zones instead.")
     output: OutputConfig = Field(default_factory=OutputConfig, description="The anonymized stream.")
+
+    @field_validator("source", "detect_source")
+    @classmethod
+    def _source_form(cls, value: str | None) -> str | None:
+        # The form only: whether a file: source exists is checked by `preflight` (it is I/O).
+        problem = None if value is None else source_form_error(value)
+        if problem is not None:
+            raise ValueError(problem)
+        return value
 
     @property
     def has_zones(self) -> bool:
@@ -377,9 +467,14 @@ class Config(Strict):
 
     @model_validator(mode="after")
     def _outputs_never_shadow_sources(self) -> Config:
+        # Stream names of go2rtc: sources and of rtsp(s):// sources (the last path segment).
         outputs: dict[str, str] = {}
-        sources = {cam.source.removeprefix("go2rtc:") for cam in self.cameras.values()}
-        sources |= {c.detect_source.removeprefix("go2rtc:") for c in self.cameras.values() if c.detect_source}
+        sources = {
+            name
+            for cam in self.cameras.values()
+            for source in (cam.source, cam.detect_source)
+            if source and (name := stream_name(source)) is not None
+        }
         for cam_name, cam in self.cameras.items():
             out = output_name(cam_name, cam)
             if out in outputs:
@@ -435,18 +530,173 @@ def parse_config(data: dict[str, Any] | None) -> Config:
 
 
 def load_config(path: str | Path) -> Config:
+    """Read, substitute and validate a config file; every problem is one ConfigError line."""
     file = Path(path)
     try:
-        text = file.read_text(encoding="utf-8")
+        with file.open("rb") as handle:
+            raw = handle.read(MAX_CONFIG_BYTES + 1)
     except OSError as exc:
-        raise ConfigError(f"cannot read config file {file}: {exc.strerror}") from None
+        raise ConfigError(f"cannot read config file {file}: {exc.strerror or exc}") from None
+    if len(raw) > MAX_CONFIG_BYTES:
+        raise ConfigError(f"{file}: larger than {MAX_CONFIG_BYTES >> 20} MiB, not a config file")
     try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{file}: not valid YAML: {exc}") from None
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(
+            f"{file}: not a text file (byte {exc.start} is not UTF-8); a config is YAML"
+        ) from None
+    return load_config_text(text, str(file))
+
+
+def load_config_text(text: str, origin: str = "config") -> Config:
+    """`load_config` for a text already read (`origin` names it in messages): the same checks."""
+    data = _safe_yaml(text, origin)
     if data is not None and not isinstance(data, dict):
-        raise ConfigError(f"{file}: the top level must be a mapping of options")
-    return parse_config(_substitute_values(data))
+        raise ConfigError(f"{origin}: the top level must be a mapping of options")
+    warnings = list(_inline_passwords(data, ""))  # before substitution: ${ENV} is what is wanted
+    config = parse_config(_substitute_values(data))
+    for key, url in warnings:  # only for a config that loads: a refusal is the one line that matters
+        log.warning(
+            "%s: %s has its password written in the config file; put it in an environment variable "
+            "and write ${NAME} instead",
+            key,
+            mask_url(url),
+        )
+    return config
+
+
+def preflight(config: Config) -> None:
+    """Checks that touch the file system, which validation does not: `check-config` and `run` both
+    call it after `load_config`, so that `run` refuses exactly what `check-config` refuses."""
+    problems = []
+    for name, camera in config.cameras.items():
+        for key in ("source", "detect_source"):
+            value = getattr(camera, key)
+            problem = file_source_error(value) if value else None
+            if problem is not None:
+                problems.append(f"cameras.{name}.{key}: {problem}")
+    mqtt = config.mqtt
+    if mqtt.enabled and mqtt.tls and mqtt.ca_file and not Path(mqtt.ca_file).is_file():
+        problems.append(f"mqtt.ca_file: file {mqtt.ca_file} does not exist")
+    faces = config.anonymize.replace_sources
+    if faces and not Path(faces).is_dir():
+        problems.append(f"anonymize.replace_sources: folder {faces} does not exist")
+    if problems:
+        raise ConfigError("; ".join(problems))
+
+
+def _is_host_name(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return re.fullmatch(r"[A-Za-z0-9_](?:[A-Za-z0-9_.-]{0,252})", host) is not None
+    return True
+
+
+# --- YAML ---------------------------------------------------------------------------------------
+
+_MERGE_TAG = "tag:yaml.org,2002:merge"
+
+
+def _children(node: yaml.Node) -> list[yaml.Node]:
+    if isinstance(node, yaml.SequenceNode):
+        return list(node.value)
+    if isinstance(node, yaml.MappingNode):
+        return [item for pair in node.value for item in pair]
+    return []
+
+
+class _ConfigLoader(yaml.SafeLoader):
+    """SafeLoader that refuses, with the line, what would otherwise be a traceback, a hang or a
+    silent surprise: deep nesting, alias bombs and recursive aliases, duplicate keys."""
+
+    def __init__(self, stream: str) -> None:
+        super().__init__(stream)
+        self._depth = 0
+        # Values each composed node holds once aliases are expanded (by id: nodes live until the end).
+        self._expanded: dict[int, int] = {}
+
+    def compose_node(self, parent: yaml.Node | None, index: Any) -> yaml.Node | None:
+        event: yaml.Event = self.peek_event()  # type: ignore[no-untyped-call]  # untyped in the stubs
+        line = event.start_mark.line + 1 if event.start_mark is not None else 0
+        if self.check_event(yaml.AliasEvent):
+            node = super().compose_node(parent, index)
+            if node is not None and id(node) not in self._expanded:
+                raise ConfigError(
+                    f"line {line}: an alias refers to a value that contains it (recursive alias)"
+                )
+            return node
+        self._depth += 1
+        try:
+            if self._depth > MAX_YAML_DEPTH:
+                raise ConfigError(f"line {line}: values are nested more than {MAX_YAML_DEPTH} levels deep")
+            node = super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
+        if node is None:
+            return None
+        expanded = 1 + sum(self._expanded.get(id(child), 1) for child in _children(node))
+        if expanded > MAX_YAML_NODES:
+            raise ConfigError(
+                f"line {line}: more than {MAX_YAML_NODES} values once its aliases (*name) are expanded; "
+                "refused (an alias bomb?)"
+            )
+        self._expanded[id(node)] = expanded
+        if isinstance(node, yaml.MappingNode):
+            self._refuse_duplicate_keys(node)
+        return node
+
+    def _refuse_duplicate_keys(self, node: yaml.MappingNode) -> None:
+        # Checked on the composed node, before merge keys (`<<: *base`) are flattened into it: a key
+        # given explicitly next to a merge overrides the merged one, as YAML intends.
+        first_line: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            if key_node.tag == _MERGE_TAG or not isinstance(key_node, yaml.ScalarNode):
+                continue
+            key = self.construct_object(key_node, deep=True)
+            line = key_node.start_mark.line + 1
+            if key in first_line:
+                raise ConfigError(
+                    f"line {line}: duplicate key {key!r} (already set on line {first_line[key]}); "
+                    "only one may be given"
+                )
+            first_line[key] = line
+
+
+def _yaml_problem(exc: yaml.YAMLError) -> str:
+    """PyYAML's multi-line message as one line: where, then what."""
+    if isinstance(exc, yaml.MarkedYAMLError):
+        mark = exc.problem_mark or exc.context_mark
+        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
+        return where + " ".join(part for part in (exc.context, exc.problem) if part)
+    return " ".join(str(exc).split())
+
+
+def _safe_yaml(text: str, origin: str) -> Any:
+    try:
+        return yaml.load(text, Loader=_ConfigLoader)  # noqa: S506 - a SafeLoader subclass
+    except ConfigError as exc:
+        raise ConfigError(f"{origin}: {exc}") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{origin}: not valid YAML: {_yaml_problem(exc)}") from None
+    except (ValueError, RecursionError) as exc:  # e.g. an integer of 5000 digits, a bad date
+        raise ConfigError(f"{origin}: not valid YAML: {' '.join(str(exc).split())}") from None
+
+
+def _key_path(path: str, key: object) -> str:
+    return f"{path}.{key}" if path else str(key)
+
+
+def _inline_passwords(data: Any, path: str) -> Iterator[tuple[str, str]]:
+    """(key path, URL) of each URL value with its password written in the file, not in ${ENV}."""
+    if isinstance(data, dict):
+        for key, value in data.items():
+            yield from _inline_passwords(value, _key_path(path, key))
+    elif isinstance(data, list):
+        for index, item in enumerate(data):
+            yield from _inline_passwords(item, _key_path(path, index))
+    elif isinstance(data, str) and inline_password(data):
+        yield path or "(top level)", data
 
 
 def _substitute_values(data: Any) -> Any:

@@ -58,6 +58,77 @@ def test_invalid_config_names_the_key(tmp_path: Path) -> None:
     assert "cameras.front.output.fps: Input should be less than or equal to 60" in result.stderr
 
 
+def _bomb() -> str:
+    lines = ["a0: &a0 [" + ", ".join(["lol"] * 10) + "]"]
+    lines += [f"a{i}: &a{i} [" + ", ".join([f"*a{i - 1}"] * 10) + "]" for i in range(1, 9)]
+    return "\n".join(lines) + "\n"
+
+
+CAMERA = "cameras:\n  front:\n    source: go2rtc:front\n"
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        (b"\x89PNG\r\n\x1a\n\x00\xff\xfe", r"c\.yml: not a text file \(byte 0 is not UTF-8\)"),
+        ("cameras: " + "[" * 5000 + "]" * 5000, r"c\.yml: line 2: values are nested more than 32 levels deep"),
+        (_bomb(), r"c\.yml: line \d+: more than 100000 values once its aliases \(\*name\) are expanded"),
+        ("cameras: [1, 2", r"c\.yml: not valid YAML: line \d+, column \d+: while parsing a flow sequence"),
+        (CAMERA + "    protect: [face]\n    protect: [license_plate]\n",
+         r"c\.yml: line 6: duplicate key 'protect' \(already set on line 5\)"),
+        ("cameras:\n  front:\n    source: gopher://admin:hunter2@cam/x\n",
+         r"cameras\.front\.source: 'gopher://\*\*\*@cam/x' is not understood"),
+        ("cameras:\n  front:\n    source: ''\n", r"cameras\.front\.source: must not be empty"),
+        ("cameras:\n  front:\n    source: file:/nonexistent/clip.mp4\n",
+         r"cameras\.front\.source: file /nonexistent/clip\.mp4 does not exist"),
+        ("cameras:\n  porch:\n    source: rtsp://go2rtc:8554/front\n    output: {name: front}\n",
+         r"cameras\.porch\.output\.name: 'front' is a source stream name"),
+        (CAMERA + "server:\n  token: short-token\n", r"server\.token: must be at least 16 characters"),
+        (CAMERA + "server:\n  users:\n    ann: {password: ''}\n", r"server\.users\.ann\.password: must not be empty"),
+    ],
+    ids=["binary", "deep", "alias-bomb", "syntax", "duplicate", "scheme", "empty-source", "missing-file",
+         "rtsp-shadow", "short-token", "empty-password"],
+)  # fmt: skip
+def test_run_refuses_exactly_what_check_config_refuses(
+    tmp_path: Path, content: str | bytes, message: str
+) -> None:
+    config = tmp_path / "c.yml"
+    if isinstance(content, bytes):
+        config.write_bytes(content)
+    else:
+        # No models: should a bad config ever be accepted, `run` stops at once instead of serving.
+        config.write_text(f"models_dir: {tmp_path / 'no-models'}\n{content}\n")
+    errors = []
+    for args in (["check-config", str(config)], ["run", "-c", str(config)]):
+        result = cli(*args)
+        assert result.returncode == 2, (args, result.stderr)
+        assert "Traceback" not in result.stderr
+        assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+        assert re.search(message, result.stderr), result.stderr
+        assert "hunter2" not in result.stderr
+        errors.append(result.stderr)
+    assert errors[0] == errors[1]
+
+
+def test_an_inline_source_password_is_a_warning_naming_the_key(tmp_path: Path) -> None:
+    config = tmp_path / "c.yml"
+    config.write_text("cameras:\n  front:\n    source: rtsp://admin:hunter2@10.0.0.5/stream\n")
+    result = cli("check-config", str(config))
+    assert result.returncode == 0, result.stderr
+    assert f"{config}: valid (1 cameras)" in result.stdout
+    assert re.search(r"WARNING deid_sidecar\.config: cameras\.front\.source: rtsp://\*\*\*@10\.0\.0\.5/stream has "
+                     r"its password written in the config file; put it in an environment variable", result.stderr)  # fmt: skip
+    assert "hunter2" not in result.stderr + result.stdout
+
+
+def test_an_error_line_is_one_line_with_credentials_masked() -> None:
+    from deid_sidecar.cli import error_line
+    from deid_sidecar.errors import UserError
+
+    line = error_line(UserError("cannot open rtsp://admin:hunter2@cam/x?token=abc\n  401 Unauthorized\n"))
+    assert line == "deid-sidecar: error: cannot open rtsp://***@cam/x?token=*** 401 Unauthorized"
+
+
 def test_run_without_models_says_how_to_fetch(tmp_path: Path) -> None:
     config = tmp_path / "c.yml"
     config.write_text(f"models_dir: {tmp_path / 'empty'}\ncameras:\n  front:\n    source: go2rtc:front\n")

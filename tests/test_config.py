@@ -15,10 +15,23 @@ ROOT = Path(__file__).resolve().parent.parent
 
 def test_example_config_documents_a_valid_setup(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("DEID_ADMIN_PASSWORD", "from-the-environment")
+    monkeypatch.setenv("DRIVEWAY_PASSWORD", "camera-password")
     config = load_config(ROOT / "config.example.yml")
     assert config.server.users["admin"].password.get_secret_value() == "from-the-environment"
     assert set(config.cameras) == {"front_door", "driveway"}
     assert config.cameras["front_door"].zones[0].name == "neighbours_window"
+    assert config.cameras["driveway"].source == "rtsp://user:camera-password@192.168.1.20:554/stream1"
+
+
+def test_example_config_follows_its_own_advice(
+    caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # No password is written in the example: loading it logs no inline-password warning.
+    monkeypatch.setenv("DEID_ADMIN_PASSWORD", "from-the-environment")
+    monkeypatch.setenv("DRIVEWAY_PASSWORD", "camera-password")
+    with caplog.at_level("WARNING", logger="deid_sidecar.config"):
+        load_config(ROOT / "config.example.yml")
+    assert caplog.records == []
 
 
 def test_every_option_of_the_schema_appears_in_the_example() -> None:
