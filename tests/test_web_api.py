@@ -279,14 +279,16 @@ def test_probe_reports_a_source_and_refuses_passwords_in_the_url(
 def test_add_camera_and_save_config_keeps_env_refs(
     pipeline: CameraPipeline, clip: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setenv("DEID_TOKEN", "very-secret")
+    monkeypatch.setenv("DEID_TOKEN", "very-secret-0123456789")
     config_file = tmp_path / "deid.yaml"
     original = {
         "server": {"token": "${DEID_TOKEN}"},
         "cameras": {"cam": {"source": f"file:{clip}", "loop": True, "output": {"fps": 10}}},
     }
     config_file.write_text(yaml.safe_dump(original), encoding="utf-8")
-    config = parse_config({**original, "server": {"token": "very-secret", "media_dirs": [str(clip.parent)]}})
+    config = parse_config(
+        {**original, "server": {"token": "very-secret-0123456789", "media_dirs": [str(clip.parent)]}}
+    )
 
     async def body() -> None:
         app = make_app({"cam": pipeline}, config=config, config_path=config_file)
@@ -308,7 +310,7 @@ def test_add_camera_and_save_config_keeps_env_refs(
                 await asyncio.sleep(0.1)
             assert snap is not None and snap.status == 200
         written = config_file.read_text(encoding="utf-8")
-        assert "${DEID_TOKEN}" in written and "very-secret" not in written
+        assert "${DEID_TOKEN}" in written and "very-secret-0123456789" not in written
         data = yaml.safe_load(written)
         assert data["cameras"]["cam"]["method"] == "fill"
         assert data["cameras"]["yard"]["protect"] == ["face"]

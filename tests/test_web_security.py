@@ -322,6 +322,13 @@ def test_repeated_failed_logins_lock_out_the_guesser(
             assert locked.status == 429 and int(locked.headers["Retry-After"]) >= 1
             # even the right password waits: the lockout answers before looking at credentials
             assert "deid_session" not in locked.cookies
+            form = await client.post(
+                "/login",
+                data={"username": "ada", "password": "x"},
+                headers={"Accept": "text/html"},
+                allow_redirects=False,
+            )
+            assert form.status == 302 and form.headers["Location"].startswith("/login?locked=")
 
     run(body)
 

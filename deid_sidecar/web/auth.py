@@ -124,10 +124,6 @@ def same_secret(given: str, expected: str) -> bool:
     return hmac.compare_digest(_digest(given), _digest(expected))
 
 
-def mask_token(token: str) -> str:
-    return token[:4] + "***" if len(token) > 8 else "***"
-
-
 class Auth:
     """Token/users/sessions of one web app."""
 
@@ -282,6 +278,8 @@ async def login(request: web.Request) -> web.StreamResponse:
     wait = auth.limiter.retry_after(keys, time.monotonic())
     if wait > 0:
         # Refused before any credential is looked at: a locked-out guesser learns nothing.
+        if "text/html" in request.headers.get("Accept", ""):  # the login form: back to it, with a note
+            raise web.HTTPFound(f"/login?locked={math.ceil(wait)}")
         return web.json_response(
             {"error": f"too many failed logins: try again in {math.ceil(wait)} s"},
             status=429,

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import re
 import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -35,7 +34,7 @@ from deid_sidecar.config import (
     output_name,
 )
 from deid_sidecar.core.detections import Label
-from deid_sidecar.core.redact import mask_url
+from deid_sidecar.core.redact import inline_password, mask_url
 from deid_sidecar.engine.live import CameraPipeline
 from deid_sidecar.errors import ConfigError, UserError
 from deid_sidecar.sources.spec import SourceSpec, parse_source
@@ -58,8 +57,6 @@ PROBE_FAILED = "the source could not be opened, or gave no video frame"
 #: Frames per second the MJPEG preview sends.
 MJPEG_FPS = 4.0
 MJPEG_BOUNDARY = "frame"
-# `scheme://user:password@`: a password typed into the API would be saved in clear.
-_INLINE_PASSWORD = re.compile(r"://[^/@\s:]*:[^/@\s]+@")
 #: How much each method hides; a change to a lower rank masks less (admin only).
 METHOD_STRENGTH = {Method.FILL: 2, Method.PIXELATE: 1, Method.BLUR: 1, Method.REPLACE: 1}
 
@@ -262,7 +259,7 @@ def source_spec(state: WebState, source: str, loop: bool = False) -> SourceSpec:
     if "${" in source:
         raise ApiError(400, "source: ${...} references are expanded in the config file only, never in "
                             "API input; put this camera in the config file, or read it via go2rtc:<name>")  # fmt: skip
-    if _INLINE_PASSWORD.search(source):
+    if inline_password(source):  # it would be saved in clear
         raise ApiError(400, "source: no password in the URL (it would be saved in clear); read the "
                             "camera via go2rtc:<name>, or put it in the config file with ${ENV}")  # fmt: skip
     if source.startswith("file:"):

@@ -17,7 +17,7 @@ from typing import Any
 
 import yaml
 
-from deid_sidecar.config import Config, parse_config, substitute_env
+from deid_sidecar.config import Config, load_config_text, preflight
 from deid_sidecar.errors import ConfigError
 from deid_sidecar.web.state import CameraSettings
 
@@ -71,8 +71,8 @@ def save_settings(path: Path, config: Config, settings: Mapping[str, CameraSetti
     if not changed:
         return []
     text = yaml.safe_dump(data, sort_keys=False, allow_unicode=True)
-    # Refuse to write a file that would not start: validate exactly as `run -c` would.
-    parse_config(yaml.safe_load(substitute_env(text)))
+    # Refuse to write a file that would not start: check exactly as `run -c` would.
+    preflight(load_config_text(text, path.name))
     _write_atomic(path, text)
     return changed
 

@@ -3,3 +3,5 @@
 const params = new URLSearchParams(location.search);
 document.getElementById("next").value = params.get("next") || "/";
 document.getElementById("failed").hidden = !params.has("failed");
+document.getElementById("locked").hidden = !params.has("locked");
+document.getElementById("locked-s").textContent = params.get("locked") || "";
