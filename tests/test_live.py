@@ -7,9 +7,12 @@ detector does (raise, stall, not loaded yet) and whatever the camera does (drop,
 from __future__ import annotations
 
 import itertools
+import logging
+import socket
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from urllib.parse import quote, unquote
 
 import av
 import pytest
@@ -24,8 +27,11 @@ from livekit import (
     write_clip,
 )
 
-from deid_sidecar.config import Method, Zone, parse_config
+from deid_sidecar.config import Go2rtcConfig, Method, Zone, parse_config
 from deid_sidecar.engine.live import OFFLINE_AFTER_S, CameraPipeline
+from deid_sidecar.sources.reader import FrameQueue, FrameReader
+from deid_sidecar.sources.spec import parse_source
+from deid_sidecar.stats import CameraStats
 
 pytestmark = pytest.mark.slow
 
@@ -159,3 +165,49 @@ def test_replace_method_works_live_on_real_faces(media_dir: Path, models_dir: Pa
     assert isinstance(anonymizer, ReplacingAnonymizer)
     assert len(frames) >= 20
     assert anonymizer.counters.faces_replaced > 0 and anonymizer.counters.plates_replaced > 0
+
+
+# --- the reader's error text -------------------------------------------------------------------------
+
+CAM_PASSWORD = "pa@ss/w0rd"
+
+
+def secret_source(port: int) -> str:
+    return f"rtsp://admin:{quote(CAM_PASSWORD, safe='')}@127.0.0.1:{port}/h264?token=tok-0123456789abcdef"
+
+
+def assert_masked(text: str) -> None:
+    # Fragments too: a mask that cuts the password in two must not leave its tail behind.
+    for secret in (CAM_PASSWORD, quote(CAM_PASSWORD, safe=""), "w0rd", "admin", "tok-0123456789abcdef"):
+        assert secret not in text, text
+    assert "***" in text
+
+
+def test_reader_errors_mask_the_url_in_any_form_ffmpeg_prints() -> None:
+    spec = parse_source(secret_source(554), Go2rtcConfig())
+    reader = FrameReader(spec, FrameQueue(), CameraStats("cam", "cam_anon"))
+    decoded = unquote(spec.url)  # not the configured string: replacing it alone would leak
+    reader._note_failure(OSError(f"Connection refused: '{decoded}' (password {CAM_PASSWORD})"))
+    reader._note_failure(OSError(f"Connection refused: '{spec.url}'"))
+    assert reader.stats.reconnects == 2
+    for text in (*reader.diagnostics, reader.stats.last_error):
+        assert_masked(text)
+    assert reader.diagnostics[0].startswith("Connection refused: 'rtsp://***@127.0.0.1:554/h264?token=***")
+    assert reader.diagnostics[1].startswith("Connection refused: 'rtsp://***@127.0.0.1:554/h264?token=***")
+
+
+def test_reader_masks_a_real_ffmpeg_failure(caplog: pytest.LogCaptureFixture) -> None:
+    with socket.socket() as sock:  # a port nobody listens on
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    stats = CameraStats("cam", "cam_anon")
+    reader = FrameReader(parse_source(secret_source(port), Go2rtcConfig()), FrameQueue(), stats)
+    with caplog.at_level(logging.DEBUG):
+        reader.start()
+        deadline = time.monotonic() + 10
+        while stats.reconnects == 0 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        reader.stop()
+    assert stats.reconnects > 0, "the closed port never failed"
+    assert_masked(stats.last_error)
+    assert "w0rd" not in caplog.text and "tok-0123456789abcdef" not in caplog.text

@@ -156,7 +156,7 @@ def test_pushers_for_config() -> None:
                 "b": {"source": "go2rtc:b", "output": {"push": "http", "name": "b_out"}},
                 "c": {"source": "go2rtc:c"},
             },
-            "server": {"stream_token": "secret-token"},
+            "server": {"stream_token": "secret-token-0123456789"},
         }
     )
 
@@ -165,6 +165,6 @@ def test_pushers_for_config() -> None:
         async with aiohttp.ClientSession() as session:
             pushers = pushers_for(config, hubs, session)
         assert [p.name for p in pushers] == ["a_anon", "b_out"]
-        assert all("secret-token" not in p.hint_url for p in pushers)
+        assert all("secret-token-0123456789" not in p.hint_url for p in pushers)
 
     run(main())

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import json
 import logging
-import re
 import threading
 import time
 from collections import deque
@@ -40,6 +39,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 from deid_sidecar import __version__
 from deid_sidecar.config import Config
 from deid_sidecar.core.detections import Detections
+from deid_sidecar.core.redact import mask_secrets
 from deid_sidecar.events.commands import CameraControl, CommandHandler, subscriptions
 from deid_sidecar.events.discovery import discovery_messages, removal_messages, stale_device_removal
 from deid_sidecar.events.topics import OFFLINE, ONLINE, Message, Topics, retained
@@ -60,8 +60,6 @@ STOP_PUBLISH_TIMEOUT_S = 2.0
 MAX_QUEUE_BYTES = 16 * 1024 * 1024
 #: Pause before retrying when paho's queue of unacknowledged QoS 1 messages is full.
 BACKPRESSURE_WAIT_S = 0.01
-
-_URL_USERINFO = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*://)[^/@\s]+@")
 
 
 class Outbox:
@@ -158,8 +156,10 @@ class MqttEvents:
         self._enqueue(messages)
 
     def on_stats(self, camera: str, stats: dict[str, Any]) -> None:
-        payload = json.dumps(stats, separators=(",", ":"), default=str)
-        self._enqueue([retained(self.topics.stats(camera), self._scrub(payload))])
+        # Masked value by value, before encoding: the text of a whole JSON document would be masked
+        # across its quotes (a query value runs to the next `&`, `#` or blank) and stop being JSON.
+        payload = json.dumps(self._scrub_values(stats), separators=(",", ":"), default=self._scrub_object)
+        self._enqueue([retained(self.topics.stats(camera), payload)])
 
     # -- control ----------------------------------------------------------------------------------------
 
@@ -262,11 +262,22 @@ class MqttEvents:
         return values
 
     def _scrub(self, text: str) -> str:
-        """Credentials never leave in a payload: URL userinfo and configured secrets are masked."""
-        text = _URL_USERINFO.sub(r"\1***@", text)
-        for secret in self._secrets:
-            text = text.replace(secret, "***")
-        return text
+        """Credentials never leave in a payload: core/redact.py masks URLs and the configured secrets."""
+        return mask_secrets(text, *self._secrets)
+
+    def _scrub_object(self, value: object) -> str:
+        """`json.dumps` default: anything not JSON-native goes out as its masked `str`."""
+        return self._scrub(str(value))
+
+    def _scrub_values(self, value: Any) -> Any:
+        """A copy of a JSON-like structure whose strings, keys included, went through `_scrub`."""
+        if isinstance(value, str):
+            return self._scrub(value)
+        if isinstance(value, dict):
+            return {self._scrub(str(k)): self._scrub_values(v) for k, v in value.items()}
+        if isinstance(value, (list, tuple)):
+            return [self._scrub_values(v) for v in value]
+        return value
 
     def _enqueue(self, messages: Iterable[Message]) -> None:
         items = list(messages)

@@ -275,10 +275,18 @@ class RegistrarStatus:
 class Registrar:
     """Registers every wanted stream, then re-checks every `interval_s` and repairs what is missing."""
 
-    def __init__(self, client: StreamApi, wanted: Mapping[str, Sequence[str]], interval_s: float) -> None:
+    def __init__(
+        self,
+        client: StreamApi,
+        wanted: Mapping[str, Sequence[str]],
+        interval_s: float,
+        secrets: Sequence[str] = (),
+    ) -> None:
         self.client = client
         self.wanted = {name: list(sources) for name, sources in wanted.items()}
         self.interval_s = interval_s
+        # The registered sources carry server.stream_token: an error that echoes one masks it in any form.
+        self._secrets = tuple(secrets)
         self.status = RegistrarStatus()
         self._generation = 0
         self._wake = asyncio.Event()
@@ -327,8 +335,11 @@ class Registrar:
         self.status.last_error = ""
 
     def _record_error(self, message: str, level: int) -> None:
-        self.status.last_error = mask_url(message)
+        self.status.last_error = self._mask(message)
         log.log(level, "go2rtc registration: %s", self.status.last_error)
+
+    def _mask(self, text: str) -> str:
+        return mask_secrets(text, *self._secrets)
 
     async def _sleep(self, seconds: float, generation: int) -> None:
         if generation != self._generation:
@@ -347,7 +358,7 @@ class Registrar:
             try:
                 await self.client.delete_stream(name)
             except Go2rtcError as exc:
-                log.warning("go2rtc: could not remove %s: %s", name, mask_url(str(exc)))
+                log.warning("go2rtc: could not remove %s: %s", name, self._mask(str(exc)))
             else:
                 self.status.registered.discard(name)
 
@@ -380,7 +391,11 @@ def client_for(config: Config, session: aiohttp.ClientSession) -> StreamApi:
 
 
 def registrar_for(config: Config, session: aiohttp.ClientSession) -> Registrar:
-    return Registrar(client_for(config, session), registration_sources(config), config.go2rtc.reconcile_s)
+    token = config.server.stream_token.get_secret_value() if config.server.stream_token else ""
+    secrets = (token, quote(token, safe="")) if token else ()
+    return Registrar(
+        client_for(config, session), registration_sources(config), config.go2rtc.reconcile_s, secrets
+    )
 
 
 # --- YAML for users ---------------------------------------------------------------------------

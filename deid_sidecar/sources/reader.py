@@ -14,10 +14,12 @@ import time
 from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass
+from urllib.parse import unquote, urlsplit
 
 import av
 
 from deid_sidecar.core.image import Image, as_image
+from deid_sidecar.core.redact import mask_secrets
 from deid_sidecar.sources.spec import OPEN_TIMEOUT_S, READ_TIMEOUT_S, SourceSpec
 from deid_sidecar.stats import CameraStats
 
@@ -130,12 +132,26 @@ class FrameReader:
             self._stop.wait(delay)
 
     def _note_failure(self, exc: Exception) -> None:
-        message = str(exc).replace(self.spec.url, self.spec.display)
+        message = self._mask(str(exc))
         self.diagnostics.append(message)
         with self.stats.lock:
             self.stats.reconnects += 1
             self.stats.last_error = message
         log.warning("%s: %s failed: %s; reconnecting", self.stats.name, self.spec.display, message)
+
+    def _mask(self, text: str) -> str:
+        """`text` with the source's credentials masked in whatever form FFmpeg printed the URL.
+
+        The exact URL becomes its display form; `mask_secrets` then masks any other userinfo and
+        query value, and the password itself, as written and percent-decoded (an error may print either).
+        The password goes first: a decoded one with a `/` would otherwise be cut by the userinfo mask
+        (`rtsp://***@ss/w0rd@host`) before the literal could match, and its tail would stay.
+        """
+        passwords = _url_passwords(self.spec.url)
+        text = text.replace(self.spec.url, self.spec.display)
+        for password in passwords:
+            text = text.replace(password, "***")
+        return mask_secrets(text, *passwords)
 
     def _frames(self) -> Iterator[Frame]:
         container = av.open(
@@ -180,3 +196,14 @@ class _Pacer:
         due = self._origin[0] + (media_time - self._origin[1])
         if due > now:
             stop.wait(due - now)
+
+
+def _url_passwords(url: str) -> tuple[str, ...]:
+    """The password of `url`'s userinfo, as written and percent-decoded; none when it has none."""
+    try:
+        password = urlsplit(url).password
+    except ValueError:
+        return ()
+    if not password:
+        return ()
+    return (password, unquote(password))
