@@ -227,12 +227,12 @@ class JobManager:
         return self.job_dir(job) / "audit.json"
 
     def check_protect(self, protect: Iterable[str]) -> None:
-        """JobError 400 when a kind to protect has its detector disabled in the config: the job
-        could only fail (or, worse, pass that kind through)."""
+        """JobError 409 (the request is fine, this server's config cannot serve it) when a kind to
+        protect has its detector disabled: the job could only fail (or, worse, pass that kind through)."""
         for name in protect:
             if not getattr(self.config.detection, Label.parse(name).key).enabled:
                 raise JobError(
-                    400,
+                    409,
                     f"protect: {name} is not available on this server "
                     f"(detection.{name}.enabled is false in its config)",
                 )

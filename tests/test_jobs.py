@@ -125,7 +125,7 @@ def test_protecting_a_kind_whose_detector_is_disabled_is_refused(tmp_path: Path)
         jobs.check_protect(["face", "license_plate"])
         with pytest.raises(JobError) as error:
             jobs.check_protect(["face", "person"])
-        assert error.value.status == 400
+        assert error.value.status == 409
         assert "person" in error.value.message and "detection.person.enabled is false" in error.value.message
     finally:
         jobs.close()

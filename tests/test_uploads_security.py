@@ -255,10 +255,10 @@ def test_protecting_persons_while_their_detector_is_off_is_a_400(
             headers = {**AUTH, "Content-Type": "image/png"}
             image = await client.post("/api/image?protect=face,person", data=small_png(), headers=headers)
             error = (await image.json())["error"]
-            assert image.status == 400 and "person" in error and "detection.person.enabled is false" in error
+            assert image.status == 409 and "person" in error and "detection.person.enabled is false" in error
             form = upload_form(small_png(), "x.png", protect="person")
             job = await client.post("/api/jobs", data=form, headers=AUTH)
-            assert job.status == 400 and "detection.person.enabled is false" in (await job.json())["error"]
+            assert job.status == 409 and "detection.person.enabled is false" in (await job.json())["error"]
             assert leftovers(tmp_path) == []
             assert (await (await client.get("/api/jobs", headers=AUTH)).json())["jobs"] == []
         assert tracebacks(caplog) == []
@@ -326,7 +326,9 @@ def test_a_body_cut_before_its_closing_boundary_is_a_400(
     async def body() -> None:
         async with serve(make_app(tmp_path)) as client:
             headers = {**AUTH, "Content-Type": f"multipart/form-data; boundary={BOUNDARY}"}
-            cut = multipart(b'Content-Disposition: form-data; name="protect"\r\n\r\nface', end=False)
+            cut = multipart(
+                b'Content-Disposition: form-data; name="file"; filename="x.png"\r\n\r\n\x89PNG', end=False
+            )
             reply = await client.post(route, data=cut, headers=headers)
             error = (await reply.json())["error"]
             assert reply.status == 400 and "malformed multipart body" in error, error

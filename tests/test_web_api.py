@@ -267,11 +267,13 @@ def test_probe_reports_a_source_and_refuses_passwords_in_the_url(
                 "/api/probe", json={"source": "rtsp://u:pw@127.0.0.1:1/x"}, headers=AUTH
             )
             assert inline.status == 400 and "no password in the URL" in (await inline.json())["error"]
+            user = await client.post("/api/probe", json={"source": "rtsp://user@127.0.0.1:9/s"}, headers=AUTH)
+            assert user.status == 400 and "no credentials" in (await user.json())["error"]
             failed = await client.post(
-                "/api/probe", json={"source": "rtsp://user@127.0.0.1:9/s"}, headers=AUTH
+                "/api/probe", json={"source": "http://127.0.0.1:9/s?token=abc123"}, headers=AUTH
             )
             text = await failed.text()
-            assert failed.status == 422 and "user@" not in text and "***@" in text
+            assert failed.status == 422 and "abc123" not in text and "token=***" in text
 
     run(body)
 

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 from livekit import write_clip
 from webkit import AUTH, file_camera, login, make_app, run, serve
 
@@ -21,7 +22,8 @@ from deid_sidecar.config import Method, parse_config
 from deid_sidecar.engine.live import CameraPipeline
 from deid_sidecar.web import auth as auth_module
 from deid_sidecar.web.auth import WebUser
-from deid_sidecar.web.cameras import PROBE_FAILED
+from deid_sidecar.web.cameras import API_SOURCE_PATTERN, PROBE_FAILED
+from deid_sidecar.web.uploads import PROTECT_LIST
 
 USERS = {
     "vic": WebUser("vic", "pw-viewer-0123", admin=False),
@@ -201,7 +203,7 @@ def test_probe_is_for_admins_and_says_the_same_for_every_failure(
                 answers.append((await reply.json())["error"])
             assert answers == [PROBE_FAILED] * 3
             outside = await client.post("/api/probe", json={"source": f"file:{clip}"}, headers=admin)
-            assert outside.status == 400 and "media_dirs" in (await outside.json())["error"]
+            assert outside.status == 403 and "media_dirs" in (await outside.json())["error"]
 
     try:
         run(body)
@@ -372,7 +374,7 @@ def test_protecting_a_kind_without_a_detector_is_a_clear_400(pipeline: CameraPip
     async def body() -> None:
         async with serve(make_app({"cam": pipeline})) as client:
             reply = await client.patch("/api/cameras/cam", json={"protect": ["face", "person"]}, headers=AUTH)
-            assert reply.status == 400 and "detection.<kind>.enabled" in (await reply.json())["error"]
+            assert reply.status == 409 and "detection.person.enabled" in (await reply.json())["error"]
 
     run(body)
 
@@ -428,7 +430,7 @@ def test_a_camera_named_like_an_output_stream_is_refused(pipeline: CameraPipelin
         async with serve(make_app({"cam": pipeline}, config=config)) as client:
             new = {"name": "cam_anon", "source": f"file:{clip}", "loop": True}
             reply = await client.post("/api/cameras", json=new, headers=AUTH)
-            assert reply.status == 400 and "never share a name" in (await reply.json())["error"]
+            assert reply.status == 409 and "never share a name" in (await reply.json())["error"]
 
     run(body)
 
@@ -448,5 +450,23 @@ def test_an_added_camera_can_be_removed_and_a_configured_one_cannot(
             assert removed.status == 200 and (await removed.json()) == {"removed": "yard"}
             assert (await client.get("/api/cameras/yard", headers=AUTH)).status == 404
             assert (await client.get("/streams/yard_anon.ts", headers=AUTH)).status == 404
+
+    run(body)
+
+
+def test_the_spec_and_the_server_check_sources_and_protect_lists_alike() -> None:
+    spec_file = Path(__file__).resolve().parents[1] / "deid_sidecar" / "web" / "static" / "openapi.yaml"
+    spec = yaml.safe_load(spec_file.read_text(encoding="utf-8"))
+    assert spec["components"]["schemas"]["Source"]["pattern"] == API_SOURCE_PATTERN
+    image_protect = spec["paths"]["/api/image"]["post"]["parameters"][0]["schema"]["pattern"]
+    assert image_protect == f"^{PROTECT_LIST.pattern}$"
+
+
+def test_a_wrong_authorization_header_is_refused_even_with_a_valid_session(pipeline: CameraPipeline) -> None:
+    async def body() -> None:
+        async with serve(users_app(pipeline)) as client:
+            await login(client, "vic", "pw-viewer-0123")
+            assert (await client.get("/api/stats")).status == 200
+            assert (await client.get("/api/stats", headers={"Authorization": "Basic dmljOng="})).status == 401
 
     run(body)

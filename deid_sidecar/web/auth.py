@@ -183,9 +183,10 @@ class Auth:
     def identify(self, request: web.Request) -> Identity | None:
         if not self.enabled:
             return Identity("anonymous", True, "none")
-        header = request.headers.get("Authorization", "")
-        if header.startswith("Bearer ") and self.token:
-            if same_secret(header.removeprefix("Bearer ").strip(), self.token):
+        header = request.headers.get("Authorization")
+        if header is not None:  # a credential given is the one judged: never fall back to a cookie
+            given = header.removeprefix("Bearer ").strip() if header.startswith("Bearer ") else ""
+            if given and self.token and same_secret(given, self.token):
                 return Identity("token", True, "bearer")
             return None
         session = self._sessions.get(request.cookies.get(SESSION_COOKIE, ""))

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -57,6 +58,17 @@ PROBE_FAILED = "the source could not be opened, or gave no video frame"
 #: Frames per second the MJPEG preview sends.
 MJPEG_FPS = 4.0
 MJPEG_BOUNDARY = "frame"
+#: Sources the API takes, exactly as the OpenAPI spec's pattern says (a test compares the two):
+#: narrower than the config file's forms, with no credentials, no `${`, no blanks, ASCII only.
+#: Cameras with credentials are read through go2rtc (go2rtc:<name>) or put in the config file.
+_PORT = r"(6553[0-5]|655[0-2][0-9]|65[0-4][0-9]{2}|6[0-4][0-9]{3}|[1-5][0-9]{4}|[1-9][0-9]{0,3})"
+API_SOURCE_PATTERN = (
+    r"^(go2rtc:[A-Za-z0-9_.-]{1,64}"
+    rf"|(rtsps?|https?)://[A-Za-z0-9.-]{{1,253}}(:{_PORT})?(/[A-Za-z0-9._~%/?&=+,;:!*()-]*)?"
+    r"|file:/[!-#%-~]*"
+    r"|/dev/video[0-9]{1,3})$"
+)
+_API_SOURCE = re.compile(API_SOURCE_PATTERN)
 #: How much each method hides; a change to a lower rank masks less (admin only).
 METHOD_STRENGTH = {Method.FILL: 2, Method.PIXELATE: 1, Method.BLUR: 1, Method.REPLACE: 1}
 
@@ -172,9 +184,9 @@ def masks_less(settings: CameraSettings, patch: CameraPatch) -> list[str]:
 def _check_detectors(config: Config, protect: Sequence[str]) -> None:
     disabled = [kind for kind in protect if not getattr(config.detection, kind).enabled]
     if disabled:
-        raise ApiError(
-            400, f"protect: {', '.join(disabled)} needs detection.<kind>.enabled: true in the config"
-        )
+        # 409: the request is well-formed; this server's config cannot serve it.
+        needs = ", ".join(f"detection.{kind}.enabled: true" for kind in disabled)
+        raise ApiError(409, f"protect: {', '.join(disabled)} needs {needs} in the config")
 
 
 async def patch_camera(request: web.Request) -> web.Response:
@@ -262,19 +274,28 @@ def source_spec(state: WebState, source: str, loop: bool = False) -> SourceSpec:
     if inline_password(source):  # it would be saved in clear
         raise ApiError(400, "source: no password in the URL (it would be saved in clear); read the "
                             "camera via go2rtc:<name>, or put it in the config file with ${ENV}")  # fmt: skip
+    if not _API_SOURCE.fullmatch(source):
+        raise ApiError(400, "source: use go2rtc:<name>, rtsp(s)://host[:port]/path, http(s)://host[:port]/path, "
+                            "file:/path or /dev/videoN (ASCII, no blanks, no credentials)")  # fmt: skip
     if source.startswith("file:"):
         _check_media_path(state, source.removeprefix("file:"))
     try:
         return parse_source(source, state.config.go2rtc, loop)
     except (ConfigError, UserError) as exc:
+        if source.startswith("file:"):  # inside media_dirs, but no file: as unreadable as any other
+            raise SourceUnreadable from None
         raise ApiError(400, f"source: {mask_url(str(exc))}") from None
+
+
+class SourceUnreadable(Exception):
+    """A source that passed every check of its form but cannot be read (answered like a failed probe)."""
 
 
 def _check_media_path(state: WebState, path: str) -> None:
     folders = [Path(d).resolve() for d in state.config.server.media_dirs]
     target = Path(path).resolve()
     if not any(target.is_relative_to(folder) for folder in folders):
-        raise ApiError(400, "source: file: sources from the web UI must lie inside server.media_dirs "
+        raise ApiError(403, "source: file: sources from the web UI must lie inside server.media_dirs "
                             f"({', '.join(state.config.server.media_dirs) or 'none configured'})")  # fmt: skip
 
 
@@ -331,7 +352,10 @@ async def probe(request: web.Request) -> web.Response:
     state = state_of(request)
     require_admin(request, "probe sources")
     body = await parse_body(request, ProbeBody)
-    result = await run_probe(state, source_spec(state, body.source))
+    try:
+        result = await run_probe(state, source_spec(state, body.source))
+    except SourceUnreadable:
+        result = {"ok": False, "source": mask_url(body.source), "error": PROBE_FAILED}
     return web.json_response(result, status=200 if result["ok"] else 422)
 
 
@@ -339,8 +363,14 @@ async def add_camera(request: web.Request) -> web.Response:
     state = state_of(request)
     require_admin(request, "add cameras")
     body = await parse_body(request, NewCamera)
+    try:
+        spec: SourceSpec | None = source_spec(state, body.source, body.loop)
+    except SourceUnreadable:
+        spec = None
     camera = _new_camera_config(state, body)
-    spec = source_spec(state, body.source, body.loop)
+    if spec is None:
+        failed = {"ok": False, "source": mask_url(body.source), "error": PROBE_FAILED}
+        return web.json_response(failed, status=422)
     result = await run_probe(state, spec)
     if not result["ok"]:
         return web.json_response(result, status=422)
@@ -379,7 +409,8 @@ def _new_camera_config(state: WebState, body: NewCamera) -> CameraConfig:
             {**state.config.model_dump(), "cameras": {**cameras, body.name: entry}}
         )
     except ValidationError as exc:
-        raise ApiError(400, format_validation_error(exc)) from None
+        # The body itself was valid: what fails is how it fits the cameras there are (a name taken).
+        raise ApiError(409, format_validation_error(exc)) from None
     camera = candidate.cameras[body.name]
     out = output_name(body.name, camera)
     if out in state.hubs:

@@ -8,6 +8,7 @@ breaks the format, is a 4xx naming the problem: only the server's own faults are
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import BinaryIO
@@ -43,6 +44,8 @@ MAX_FIELD_BYTES = 1024
 #: Parts of one multipart form read before it is refused (a job form has at most 3).
 MAX_PARTS = 16
 PROTECT_CHOICES = ("face", "license_plate", "person")
+#: The `protect` option exactly as the OpenAPI spec's pattern says (a test compares the two).
+PROTECT_LIST = re.compile(r"(face|license_plate|person)(,(face|license_plate|person))*")
 #: What aiohttp raises for a body that breaks the format: part headers that are not `Name: value`
 #: (a non-ASCII or empty header name, a NUL), a line too long, a missing boundary, a body cut short.
 _MALFORMED = (ValueError, AssertionError, HttpProcessingError)
@@ -50,15 +53,15 @@ _MALFORMED = (ValueError, AssertionError, HttpProcessingError)
 
 def parse_options(fields: dict[str, str]) -> tuple[list[str], Method | None]:
     """`protect` (comma-separated) and `method` from form fields or the query; ApiError 400 if wrong."""
-    protect = [p.strip() for p in fields.get("protect", "face,license_plate").split(",") if p.strip()]
-    if not protect or any(p not in PROTECT_CHOICES for p in protect):
+    raw = fields.get("protect", "face,license_plate")
+    if not PROTECT_LIST.fullmatch(raw):
         raise ApiError(400, f"protect: give one or more of {', '.join(PROTECT_CHOICES)}, comma-separated")
-    method_name = fields.get("method", "")
+    method_name = fields.get("method")
     try:
-        method = Method(method_name) if method_name else None
+        method = Method(method_name) if method_name is not None else None
     except ValueError:
-        raise ApiError(400, "method: use blur, pixelate or fill") from None
-    return sorted(set(protect)), method
+        raise ApiError(400, f"method: use one of {', '.join(m.value for m in Method)}") from None
+    return sorted(set(raw.split(","))), method
 
 
 def _check_length(request: web.Request, limit: int) -> None:
@@ -252,16 +255,20 @@ async def _image_bytes(request: web.Request) -> bytes:
                 raise ApiError(413, f"image is larger than the limit of {limit // (1 << 20)} MB")
         return bytes(data)
     reader = await _multipart(request)
+    image: bytes | None = None
     async for part in _parts(reader):
-        if part.name == "file":
-            media_kind(sanitize_filename(part.filename or "image.jpg"))
-            data = bytearray()
-            while chunk := await _chunk(part):
-                data += chunk
-                if len(data) > limit:
-                    raise ApiError(413, f"image is larger than the limit of {limit // (1 << 20)} MB")
-            return bytes(data)
-    raise ApiError(400, "send the image as a multipart `file` part or a raw image/* body")
+        if part.name != "file" or image is not None:
+            raise ApiError(400, f"unexpected form field {part.name!r} (send the image as one `file` part)")
+        media_kind(sanitize_filename(part.filename or "image.jpg"))
+        data = bytearray()
+        while chunk := await _chunk(part):
+            data += chunk
+            if len(data) > limit:
+                raise ApiError(413, f"image is larger than the limit of {limit // (1 << 20)} MB")
+        image = bytes(data)
+    if image is None:
+        raise ApiError(400, "send the image as a multipart `file` part or a raw image/* body")
+    return image
 
 
 async def anonymize_one_image(request: web.Request) -> web.Response:
