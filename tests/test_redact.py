@@ -98,3 +98,13 @@ def test_a_source_is_displayed_with_its_credentials_masked() -> None:
     assert spec.url == "rtsp://admin:hunter2@go2rtc:8554/front?video"
     assert spec.display == "rtsp://***@go2rtc:8554/front?video"
     assert parse_source("http://cam/x.ts?user=a&pwd=b", go2rtc).display == "http://cam/x.ts?user=***&pwd=***"
+
+
+def test_a_quoted_url_keeps_the_rest_of_the_line() -> None:
+    assert mask_url("open 'rtsp://h/s?token=abc' failed") == "open 'rtsp://h/s?token=***' failed"
+    assert mask_url('{"url": "http://h/?k=v", "fps": 1}') == '{"url": "http://h/?k=***", "fps": 1}'
+
+
+def test_literal_secrets_go_before_the_url_patterns_cut_them() -> None:
+    text = "rtsp://cam:pa@ss/w0rd@10.0.0.2/live refused"
+    assert "ss/w0rd" not in mask_secrets(text, "pa@ss/w0rd")

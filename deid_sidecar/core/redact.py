@@ -18,8 +18,9 @@ import re
 _MASK = "***"
 # `scheme://user:pass@host` or `scheme://user@host` anywhere in a text (URLs inside error messages too).
 _USERINFO = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*://)[^/?#\s]*@")
-# `?key=value` / `&key=value` anywhere in a text: the value runs to the next `&`, `#` or blank.
-_QUERY_VALUE = re.compile(r"(?P<key>[?&][^=&#?\s]*=)[^&#\s]*")
+# `?key=value` / `&key=value` anywhere in a text: the value runs to the next `&`, `#`, blank or
+# quote (so a URL quoted in a message or in JSON does not swallow the rest of the line).
+_QUERY_VALUE = re.compile(r"(?P<key>[?&][^=&#?\s]*=)[^&#\s'\"]*")
 # The password part of a URL's userinfo, for `inline_password`.
 _URL_PASSWORD = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://[^/?#\s:@]*:(?P<password>[^/?#\s]*)@")
 _ENV_REFERENCE = re.compile(r"\$\{[A-Za-z_][A-Za-z0-9_]*\}")
@@ -32,12 +33,14 @@ def mask_url(text: str) -> str:
 
 
 def mask_secrets(text: str, *secrets: str | None) -> str:
-    """mask_url, and also every literal secret given (e.g. a password echoed back by a server)."""
-    text = mask_url(text)
-    for secret in secrets:
-        if secret:
-            text = text.replace(secret, _MASK)
-    return text
+    """Every literal secret given (e.g. a password echoed back by a server), then mask_url.
+
+    Literals first: a decoded password with a `/` in it would otherwise be cut by the userinfo
+    pattern and its tail left visible.
+    """
+    for secret in sorted(filter(None, secrets), key=len, reverse=True):
+        text = text.replace(secret, _MASK)
+    return mask_url(text)
 
 
 def inline_password(url: str) -> bool:
