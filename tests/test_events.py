@@ -5,10 +5,13 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
+from livekit import write_clip
+from webkit import file_camera
 
 from deid_sidecar.config import Config, Method, Zone, parse_config
 from deid_sidecar.core.detections import NO_TRACK, Detections, Label
@@ -354,6 +357,7 @@ def test_unknown_camera_bad_method_no_control_and_failing_control() -> None:
 class FakePipeline:
     def __init__(self) -> None:
         self.calls: list[tuple[str, Any]] = []
+        self.paused = False
 
     def set_method(self, method: Method) -> None:
         self.calls.append(("method", method))
@@ -384,3 +388,15 @@ def test_pipeline_control_refuses_unmask_and_forwards_changes() -> None:
     ]
     allowed = PipelineControl({"front": pipeline}, make_config(allow_remote_unmask=True))
     assert allowed.set_privacy("front", False) and pipeline.calls[-1] == ("masking", False)
+
+
+def test_detection_on_from_mqtt_never_lifts_the_web_uis_privacy_shutter(tmp_path: Path) -> None:
+    clip = write_clip(tmp_path / "cam.mp4", seconds=1.0, fps=10)
+    pipeline = file_camera(clip, "front")
+    try:
+        pipeline.pause()  # the web UI's Stop
+        handler = CommandHandler(make_config(), PipelineControl({"front": pipeline}, make_config()))
+        handler.handle("deid/front/detection/set", b"ON")
+        assert pipeline.paused and pipeline.processor.detection_enabled is False  # still masked whole
+    finally:
+        pipeline.stop()

@@ -19,6 +19,8 @@ log = logging.getLogger(__name__)
 class Pipeline(Protocol):
     """The part of `engine.live.CameraPipeline` this adapter uses."""
 
+    paused: bool  # stopped in the web UI (the privacy shutter): every frame masked whole
+
     def set_method(self, method: Method) -> None: ...
 
     def set_zones(self, zones: list[Zone], invert: bool | None = None) -> None: ...
@@ -62,6 +64,10 @@ class PipelineControl:
     def set_detection(self, camera: str, on: bool) -> bool:
         pipeline = self._pipelines.get(camera)
         if pipeline is None:
+            return False
+        if pipeline.paused and on:
+            # The shutter wins: detection back on would show the picture the UI's Stop hides.
+            log.warning("%s: detection/set ON refused: the camera is stopped in the web UI", camera)
             return False
         pipeline.set_detection(on)
         return True
