@@ -10,7 +10,6 @@ import os
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,28 +43,38 @@ class Run:
     stdout: str
     stderr: str
     seconds: float
-    peak_rss_mb: float  # of the CLI process itself, from wait4's rusage
+    peak_rss_mb: float  # of the CLI process itself (its VmHWM at exit)
+
+
+# The CLI run inside a launcher that records its own peak memory (VmHWM) at exit. wait4's ru_maxrss
+# cannot be used: Linux carries the parent's high-water mark across fork and exec, so a child of a
+# pytest process that has loaded models reports pytest's peak, not its own.
+_LAUNCHER = """
+import atexit, runpy, sys
+report = sys.argv.pop(1)
+def peak():
+    with open("/proc/self/status") as status, open(report, "w") as out:
+        out.write(next(line for line in status if line.startswith("VmHWM")).split()[1])
+atexit.register(peak)
+sys.argv[0] = "deid-sidecar"
+runpy.run_module("deid_sidecar.cli", run_name="__main__")
+"""
 
 
 def cli(*args: str, timeout_s: float = 120.0) -> Run:
-    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+    with tempfile.TemporaryDirectory() as scratch:
+        report = Path(scratch) / "peak_kb"
         started = time.perf_counter()
-        process = subprocess.Popen(
-            [sys.executable, "-m", "deid_sidecar.cli", *args], cwd=ROOT, stdout=out, stderr=err
+        process = subprocess.run(
+            [sys.executable, "-c", _LAUNCHER, str(report), *args],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=timeout_s,
         )
-        killer = threading.Timer(timeout_s, process.kill)
-        killer.start()
-        try:
-            _, status, usage = os.wait4(process.pid, 0)
-        finally:
-            killer.cancel()
-        process.returncode = os.waitstatus_to_exitcode(status)
         seconds = time.perf_counter() - started
-        out.seek(0)
-        err.seek(0)
-        return Run(
-            process.returncode, out.read().decode(), err.read().decode(), seconds, usage.ru_maxrss / 1024
-        )
+        peak_mb = int(report.read_text()) / 1024
+    return Run(process.returncode, process.stdout, process.stderr, seconds, peak_mb)
 
 
 def assert_one_line_error(run: Run, *needles: str) -> None:
