@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -30,3 +31,24 @@ def media_dir() -> Path:
     path = REPO_ROOT / "data" / "media"
     fetch.fetch_media(list(registry.MEDIA), path)
     return path
+
+
+# --- a live camera for the web tests ---
+
+
+@pytest.fixture(scope="module")
+def clip(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A 2 s synthetic 320x240 clip whose only detail is the secret checkerboard (tests/livekit.py)."""
+    from livekit import write_clip
+
+    return write_clip(tmp_path_factory.mktemp("clip") / "cam.mp4", seconds=2.0, fps=10)
+
+
+@pytest.fixture
+def pipeline(clip: Path) -> Iterator[object]:
+    """A running pipeline of the looping `clip` camera called `cam`."""
+    from webkit import file_camera
+
+    pipe = file_camera(clip)
+    yield pipe
+    pipe.stop()

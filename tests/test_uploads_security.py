@@ -11,11 +11,10 @@
 from __future__ import annotations
 
 import asyncio
-import io
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import AsyncExitStack, asynccontextmanager
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,24 +24,17 @@ import cv2
 import numpy as np
 import pytest
 from aiohttp import web
-from aiohttp.test_utils import TestClient, TestServer
+from aiohttp.test_utils import TestServer
 from imagebombs import PeakRss, png_bomb, video_bomb
-from livekit import SecretDetector
+from webkit import AUTH, TOKEN, run, secret_factory, serve, upload_form
 
 from deid_sidecar.config import parse_config
-from deid_sidecar.core.detections import Label
 from deid_sidecar.web.auth import CSRF_COOKIE, CSRF_HEADER, WebUser
 from deid_sidecar.web.server import build_app
 
-TOKEN = "test-token-0123456789"
-AUTH = {"Authorization": f"Bearer {TOKEN}"}
 #: Generous bounds: the bomb took 5 to 40 s and 2.3 to 3.1 GB when it was decoded.
 FAST_S = 2.0
 SMALL_MB = 300.0
-
-
-def secret_factory(config: Any, labels: set[Label]) -> SecretDetector:
-    return SecretDetector()
 
 
 def make_app(tmp_path: Path, **kwargs: Any) -> web.Application:
@@ -50,30 +42,8 @@ def make_app(tmp_path: Path, **kwargs: Any) -> web.Application:
     return build_app({}, kwargs.pop("token", TOKEN), None, jobs_dir=tmp_path / "jobs", **kwargs)
 
 
-def run(coro_fn: Callable[[], Awaitable[None]]) -> None:
-    asyncio.run(coro_fn())  # type: ignore[arg-type]
-
-
-@asynccontextmanager
-async def serve(app: web.Application) -> AsyncIterator[TestClient[Any, Any]]:
-    client = TestClient(TestServer(app))
-    await client.start_server()
-    try:
-        yield client
-    finally:
-        await client.close()
-
-
 def small_png() -> bytes:
     return cv2.imencode(".png", np.full((48, 64, 3), 120, np.uint8))[1].tobytes()
-
-
-def upload_form(data: bytes, filename: str, **fields: str) -> aiohttp.FormData:
-    form = aiohttp.FormData()
-    for key, value in fields.items():
-        form.add_field(key, value)
-    form.add_field("file", io.BytesIO(data), filename=filename, content_type="application/octet-stream")
-    return form
 
 
 def leftovers(tmp_path: Path) -> list[Path]:

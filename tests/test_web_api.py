@@ -6,7 +6,6 @@ import asyncio
 import io
 import re
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -17,8 +16,8 @@ import numpy as np
 import pytest
 import yaml
 from aiohttp.test_utils import TestClient
-from livekit import SecretDetector, write_clip
-from webkit import AUTH, TOKEN, file_camera, make_app, run, serve
+from livekit import SecretDetector
+from webkit import AUTH, TOKEN, make_app, run, serve, upload_form
 
 from deid_sidecar.config import Method, parse_config
 from deid_sidecar.core.detections import Label
@@ -34,18 +33,6 @@ class SlowDetector(SecretDetector):
         return super().detect(image)
 
 
-@pytest.fixture(scope="module")
-def clip(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return write_clip(tmp_path_factory.mktemp("clip") / "cam.mp4", seconds=2.0, fps=10)
-
-
-@pytest.fixture
-def pipeline(clip: Path) -> Iterator[CameraPipeline]:
-    pipe = file_camera(clip)
-    yield pipe
-    pipe.stop()
-
-
 async def wait_job(client: TestClient[Any, Any], job_id: str, limit_s: float = 60.0) -> dict[str, Any]:
     deadline = time.monotonic() + limit_s
     while time.monotonic() < deadline:
@@ -54,14 +41,6 @@ async def wait_job(client: TestClient[Any, Any], job_id: str, limit_s: float = 6
             return job
         await asyncio.sleep(0.1)
     raise AssertionError(f"job {job_id} did not finish")
-
-
-def upload_form(data: bytes, filename: str, **fields: str) -> aiohttp.FormData:
-    form = aiohttp.FormData()
-    for key, value in fields.items():
-        form.add_field(key, value)
-    form.add_field("file", io.BytesIO(data), filename=filename, content_type="application/octet-stream")
-    return form
 
 
 # --- auth -------------------------------------------------------------------------------------------

@@ -9,14 +9,12 @@ import asyncio
 import json
 import socket
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
-from livekit import write_clip
-from webkit import AUTH, file_camera, login, make_app, run, serve
+from webkit import AUTH, login, make_app, run, serve
 
 from deid_sidecar.config import Method, parse_config
 from deid_sidecar.engine.live import CameraPipeline
@@ -29,18 +27,6 @@ USERS = {
     "vic": WebUser("vic", "pw-viewer-0123", admin=False),
     "ada": WebUser("ada", "pw-admin-0123", admin=True),
 }
-
-
-@pytest.fixture(scope="module")
-def clip(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return write_clip(tmp_path_factory.mktemp("clip") / "cam.mp4", seconds=2.0, fps=10)
-
-
-@pytest.fixture
-def pipeline(clip: Path) -> Iterator[CameraPipeline]:
-    pipe = file_camera(clip)
-    yield pipe
-    pipe.stop()
 
 
 def users_app(pipeline: CameraPipeline, **kwargs: Any) -> Any:

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import io
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 from livekit import SecretDetector
@@ -64,3 +66,11 @@ def file_camera(clip: Path, name: str = "cam", **config: Any) -> CameraPipeline:
     pipeline = CameraPipeline(name, parsed.cameras[name], parsed, detector=SecretDetector())
     pipeline.start()
     return pipeline
+
+
+def upload_form(data: bytes, filename: str, **fields: str) -> aiohttp.FormData:
+    form = aiohttp.FormData()
+    for key, value in fields.items():
+        form.add_field(key, value)
+    form.add_field("file", io.BytesIO(data), filename=filename, content_type="application/octet-stream")
+    return form
