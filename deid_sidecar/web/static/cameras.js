@@ -18,7 +18,7 @@ async function patch(name, body) {
     const camera = await api("PATCH", `/api/cameras/${encodeURIComponent(name)}`, body);
     update(camera);
     message(`${name}: ${Object.keys(body).join(", ")} changed`);
-  } catch (error) { message(`${name}: ${error.message}`, true); }
+  } catch (error) { message(`${name}: ${error.message}`, true); refresh(); }  // controls back to the truth
 }
 
 function card(camera) {
@@ -33,13 +33,14 @@ function card(camera) {
       if (chosen.length) patch(name, { protect: chosen }); else message("protect at least one kind", true);
     } }), text));
   const method = el("select", { "data-role": "method", onchange: e => patch(name, { method: e.target.value }) },
-    ...["blur", "pixelate", "fill"].map(m => el("option", { value: m, text: m })));
+    ...["blur", "pixelate", "fill", "replace"].map(m => el("option", { value: m, text: m })));
   const detection = el("input", { type: "checkbox", "data-role": "detection",
     onchange: e => patch(name, { detection: e.target.checked }) });
   const fps = el("input", { type: "number", min: 1, max: 60, step: 1, "data-role": "fps",
     onchange: e => patch(name, { fps: Number(e.target.value) }) });
   const height = el("input", { type: "number", min: 90, max: 2160, "data-role": "height", placeholder: "source",
-    onchange: e => patch(name, { height: e.target.value ? Number(e.target.value) : null }) });
+    onchange: e => e.target.value ? patch(name, { height: Number(e.target.value) })
+                                  : message("height: give a number from 90 to 2160", true) });
   const toggle = el("button", { "data-role": "toggle", onclick: async () => {
     try { update(await api("POST", `${path}/${cardNode.dataset.paused === "true" ? "start" : "stop"}`)); }
     catch (error) { message(error.message, true); }
