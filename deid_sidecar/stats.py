@@ -1,4 +1,13 @@
-"""Per-camera counters shared by the API, the web page, the log and MQTT."""
+"""Per-camera counters shared by the API, the web page, the log and MQTT.
+
+Every method locks internally: the camera's reader and worker threads write, the web and MQTT
+threads read (`snapshot()`), all at once.
+
+Frames not published are counted by why: `frames_skipped` on purpose (the camera is faster than
+the output fps: a 15 fps camera published at 10 fps skips 5 frames a second, all healthy), and
+`frames_dropped` lost (the worker fell behind and the reader's queue overflowed, a frame failed to
+process, or `on_failure: hold` held back a frame that would have been masked whole).
+"""
 
 from __future__ import annotations
 
@@ -20,24 +29,27 @@ def percentile(values: list[float], q: float) -> float | None:
 
 
 class RateMeter:
-    """Events per second over a sliding window."""
+    """Events per second over a sliding window; safe to tick and read from different threads."""
 
     def __init__(self, window_s: float = 5.0) -> None:
         self._window = window_s
         self._times: deque[float] = deque()
+        self._lock = threading.Lock()
 
     def tick(self, now: float | None = None) -> None:
         t = time.monotonic() if now is None else now
-        self._times.append(t)
-        self._trim(t)
+        with self._lock:
+            self._times.append(t)
+            self._trim(t)
 
     def rate(self, now: float | None = None) -> float:
         t = time.monotonic() if now is None else now
-        self._trim(t)
-        if len(self._times) < 2:
-            return 0.0
-        span = max(t - self._times[0], 1e-6)
-        return round((len(self._times) - 1) / span, 2)
+        with self._lock:
+            self._trim(t)
+            if len(self._times) < 2:
+                return 0.0
+            span = max(t - self._times[0], 1e-6)
+            return round((len(self._times) - 1) / span, 2)
 
     def _trim(self, now: float) -> None:
         while self._times and now - self._times[0] > self._window:
@@ -46,7 +58,11 @@ class RateMeter:
 
 @dataclass
 class CameraStats:
-    """Counters written by one camera's threads; `snapshot()` is safe to call from anywhere."""
+    """Counters written by one camera's threads; every method, `snapshot()` included, is thread-safe.
+
+    Write through the methods. `lock` (re-entrant) stays public for code that sets a plain field
+    itself (the stream hub's reader counts); nothing may hold it for long.
+    """
 
     name: str
     output: str
@@ -54,7 +70,10 @@ class CameraStats:
     encoder: str = ""
     frames_in: int = 0
     frames_out: int = 0
+    #: Lost: the reader's queue overflowed, a frame failed, or a frame was held back (on_failure: hold).
     frames_dropped: int = 0
+    #: Skipped on purpose: more camera frames than output frames (the output fps is lower).
+    frames_skipped: int = 0
     frames_masked_whole: int = 0
     detections_run: int = 0
     detector_errors: int = 0
@@ -62,6 +81,7 @@ class CameraStats:
     readers: int = 0
     readers_dropped: int = 0
     last_frame_time: float = 0.0
+    #: Why the camera last failed (masked); cleared once frames flow again.
     last_error: str = ""
     stage_ms: dict[str, float] = field(default_factory=dict)
     latency_ms: float = 0.0
@@ -69,8 +89,74 @@ class CameraStats:
     latency_samples: deque[float] = field(default_factory=lambda: deque(maxlen=LATENCY_SAMPLES))
     fps_in: RateMeter = field(default_factory=RateMeter)
     fps_out: RateMeter = field(default_factory=RateMeter)
+    #: Detector runs per second (runs that returned; failures and timeouts are `detector_errors`).
     fps_detect: RateMeter = field(default_factory=RateMeter)
-    lock: threading.Lock = field(default_factory=threading.Lock)
+    lock: threading.RLock = field(default_factory=threading.RLock)
+
+    # --- writers ---------------------------------------------------------------------------------
+
+    def frame_in(self, now: float | None = None) -> None:
+        """One frame decoded from the camera."""
+        t = time.monotonic() if now is None else now
+        with self.lock:
+            self.frames_in += 1
+            self.last_frame_time = t
+            self.fps_in.tick(t)
+
+    def frame_out(self, now: float | None = None) -> None:
+        """One frame published."""
+        with self.lock:
+            self.frames_out += 1
+            self.fps_out.tick(now)
+
+    def frame_dropped(self, count: int = 1) -> None:
+        """Frames lost (see `frames_dropped`)."""
+        with self.lock:
+            self.frames_dropped += count
+
+    def frame_skipped(self, count: int = 1) -> None:
+        """Frames left out on purpose to keep to the output fps."""
+        with self.lock:
+            self.frames_skipped += count
+
+    def detection_ran(self, count: int = 1, now: float | None = None) -> None:
+        """`count` detector runs just returned (ticks `fps_detect`)."""
+        t = time.monotonic() if now is None else now
+        with self.lock:
+            for _ in range(count):
+                self.fps_detect.tick(t)
+
+    def set_detector_counters(
+        self, detections_run: int, detector_errors: int, frames_masked_whole: int
+    ) -> None:
+        """The processor's running totals."""
+        with self.lock:
+            self.detections_run = detections_run
+            self.detector_errors = detector_errors
+            self.frames_masked_whole = frames_masked_whole
+
+    def reconnecting(self, error: str) -> None:
+        """The camera failed with `error` (already masked) and is being reconnected."""
+        with self.lock:
+            self.reconnects += 1
+            self.last_error = error
+
+    def recovered(self) -> None:
+        """Frames flow again: the last failure no longer describes the camera."""
+        with self.lock:
+            self.last_error = ""
+
+    def set_state(self, state: str) -> bool:
+        """Set the state; True when it changed."""
+        with self.lock:
+            if self.state == state:
+                return False
+            self.state = state
+            return True
+
+    def set_encoder(self, encoder: str) -> None:
+        with self.lock:
+            self.encoder = encoder
 
     def record_stage(self, stage: str, seconds: float) -> None:
         """Exponential moving average of a pipeline stage's cost."""
@@ -83,6 +169,13 @@ class CameraStats:
         with self.lock:
             self.latency_ms = ms
             self.latency_samples.append(ms)
+
+    # --- readers ---------------------------------------------------------------------------------
+
+    def stage(self, name: str) -> float:
+        """A stage's moving-average cost in ms (0 before it was measured)."""
+        with self.lock:
+            return self.stage_ms.get(name, 0.0)
 
     def snapshot(self) -> dict[str, Any]:
         now = time.monotonic()
@@ -100,6 +193,7 @@ class CameraStats:
                 "frames_in": self.frames_in,
                 "frames_out": self.frames_out,
                 "frames_dropped": self.frames_dropped,
+                "frames_skipped": self.frames_skipped,
                 "frames_masked_whole": self.frames_masked_whole,
                 "detections_run": self.detections_run,
                 "detector_errors": self.detector_errors,

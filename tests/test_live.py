@@ -9,18 +9,24 @@ from __future__ import annotations
 import itertools
 import logging
 import socket
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 from urllib.parse import quote, unquote
 
 import av
+import cv2
 import pytest
 from livekit import (
     FlakyDetector,
     RtspCamera,
     SecretDetector,
     ServerThread,
+    frame_with_secret,
+    free_port,
+    is_slate,
     leaks,
     read_stream,
     watch,
@@ -29,7 +35,7 @@ from livekit import (
 
 from deid_sidecar.config import Go2rtcConfig, Method, Zone, parse_config
 from deid_sidecar.engine.live import OFFLINE_AFTER_S, CameraPipeline
-from deid_sidecar.sources.reader import FrameQueue, FrameReader
+from deid_sidecar.sources.reader import FLOWING_AFTER_S, Frame, FrameQueue, FrameReader
 from deid_sidecar.sources.spec import parse_source
 from deid_sidecar.stats import CameraStats
 
@@ -41,12 +47,21 @@ def clip(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return write_clip(tmp_path_factory.mktemp("live") / "secret.mp4", seconds=8)
 
 
-def make_pipeline(source: str, detector: object, fps: float = 10, **privacy: object) -> CameraPipeline:
+def make_pipeline(
+    source: str,
+    detector: object,
+    fps: float = 10,
+    *,
+    loop: bool = True,
+    height: int | None = None,
+    **privacy: object,
+) -> CameraPipeline:
+    output: dict[str, Any] = {"fps": fps} if height is None else {"fps": fps, "height": height}
     config = parse_config(
         {
             "anonymize": {"method": "blur"},
             "privacy": privacy,
-            "cameras": {"cam": {"source": source, "loop": True, "output": {"fps": fps}}},
+            "cameras": {"cam": {"source": source, "loop": loop, "output": output}},
         }
     )
     pipeline = CameraPipeline("cam", config.cameras["cam"], config)
@@ -165,6 +180,165 @@ def test_replace_method_works_live_on_real_faces(media_dir: Path, models_dir: Pa
     assert isinstance(anonymizer, ReplacingAnonymizer)
     assert len(frames) >= 20
     assert anonymizer.counters.faces_replaced > 0 and anonymizer.counters.plates_replaced > 0
+
+
+# --- the output size is the camera's, never the slate's ---------------------------------------------
+
+#: Through go2rtc the first frame comes seconds after the open: longer than OFFLINE_AFTER_S.
+FIRST_FRAME_LATE_S = 3.0
+
+
+def write_sized_clip(path: Path, size: tuple[int, int], seconds: float, fps: int = 15) -> Path:
+    """`write_clip` at another size: the same secret, scaled with its checkerboard kept sharp."""
+    with av.open(str(path), "w") as out:
+        stream = out.add_stream("libx264", rate=fps)
+        stream.width, stream.height, stream.pix_fmt = size[0], size[1], "yuv420p"
+        stream.options = {"crf": "12", "bf": "0", "g": str(fps), "preset": "veryfast"}
+        for i in range(int(seconds * fps)):
+            image = cv2.resize(frame_with_secret(i), size, interpolation=cv2.INTER_NEAREST)
+            for packet in stream.encode(av.VideoFrame.from_ndarray(image, format="bgr24")):
+                out.mux(packet)
+        for packet in stream.encode(None):
+            out.mux(packet)
+    return path
+
+
+class LateFirstFrame(FrameReader):
+    """A reader whose source delivers its first frame FIRST_FRAME_LATE_S after the open, like go2rtc."""
+
+    def _frames(self) -> Iterator[Frame]:
+        if self.generation == 1:
+            self._stop.wait(FIRST_FRAME_LATE_S)
+        yield from super()._frames()
+
+
+def with_late_first_frame(pipeline: CameraPipeline) -> CameraPipeline:
+    reader = pipeline.reader
+    pipeline.reader = LateFirstFrame(reader.spec, reader.mailbox, reader.stats, reader.target_height)
+    return pipeline
+
+
+@pytest.mark.parametrize(
+    ("camera_size", "height", "published"),
+    [((640, 360), None, (640, 360)), ((640, 480), 360, (480, 360))],
+    ids=["360p-camera", "4:3-camera-at-output-height-360"],
+)
+def test_a_camera_whose_first_frame_comes_late_is_published_at_its_own_size(
+    tmp_path: Path, camera_size: tuple[int, int], height: int | None, published: tuple[int, int]
+) -> None:
+    clip = write_sized_clip(tmp_path / "camera.mp4", camera_size, seconds=2)
+    # Not looping: after its 2 s the camera is away again, and the slate shows at the camera's size.
+    pipeline = with_late_first_frame(
+        make_pipeline(f"file:{clip}", SecretDetector(), loop=False, height=height)
+    )
+    frames = watch(pipeline, seconds=(FIRST_FRAME_LATE_S - OFFLINE_AFTER_S) + 2 + OFFLINE_AFTER_S + 1.5)
+    images = [f.to_ndarray(format="bgr24") for f in frames]
+    camera = [i for i, image in enumerate(images) if not is_slate(image)]
+    assert frames and is_slate(images[0]), "the slate fills the wait for the first frame"
+    assert len(camera) >= 15, f"{len(camera)} camera frames"
+    first = camera[0]
+    assert {(frames[i].width, frames[i].height) for i in camera} == {published}
+    assert frames[first].key_frame, "the new size starts at a keyframe"
+    slate_after = [(f.width, f.height) for f in frames[camera[-1] + 1 :]]
+    assert slate_after and set(slate_after) == {published}, (
+        "the slate is made at the camera's size thereafter"
+    )
+    if height is not None:
+        assert frames[0].height == height, "before the first frame, the slate already has output.height"
+    times = [float(f.time) for f in frames]
+    assert all(b > a for a, b in itertools.pairwise(times)), "timestamps continue across the new encoder"
+    assert not any(leaks(image) for image in images)
+
+
+def test_the_offline_slate_runs_at_the_output_fps() -> None:
+    pipeline = make_pipeline(f"rtsp://127.0.0.1:{free_port()}/cam", SecretDetector(), fps=10)  # nobody there
+    frames = watch(pipeline, seconds=3)
+    assert all(is_slate(f.to_ndarray(format="bgr24")) for f in frames)
+    steps = {round(float(b.time - a.time), 2) for a, b in itertools.pairwise(frames)}
+    assert steps <= {0.09, 0.1, 0.11}, f"10 fps slate, got steps {steps}"
+    assert len(frames) >= 28
+
+
+# --- the state changes on real events only ----------------------------------------------------------
+
+
+class StatusRecorder:
+    """An observer that keeps every state change (what MQTT would publish)."""
+
+    def __init__(self) -> None:
+        self.states: list[tuple[float, str]] = []
+
+    def on_frame(self, *args: object) -> None:
+        pass
+
+    def on_status(self, camera: str, state: str) -> None:
+        self.states.append((time.monotonic(), state))
+
+    def on_stats(self, camera: str, stats: dict[str, Any]) -> None:
+        pass
+
+
+def test_a_looping_file_camera_stays_online_across_loops(tmp_path: Path) -> None:
+    clip = write_clip(tmp_path / "one_second.mp4", seconds=1)
+    pipeline = make_pipeline(f"file:{clip}", SecretDetector(), fps=10)
+    recorder = StatusRecorder()
+    pipeline.observer = recorder
+    samples: list[tuple[str, int]] = []
+    pipeline.start()
+    try:
+        deadline = time.monotonic() + 15
+        while pipeline.stats.frames_in < 3 * 15 + 8 and time.monotonic() < deadline:  # three loops and more
+            snapshot = pipeline.stats.snapshot()
+            samples.append((snapshot["state"], snapshot["frames_masked_whole"]))
+            time.sleep(0.01)
+    finally:
+        pipeline.stop()
+    states = [state for state, _ in samples]
+    assert "online" in states
+    after = samples[states.index("online") :]
+    assert {state for state, _ in after} == {"online"}, f"left online: {sorted({s for s, _ in after})}"
+    assert after[0][1] == after[-1][1], "no frame masked whole once online: detection is never reset"
+    changes = [state for _, state in recorder.states]
+    assert changes[changes.index("online") :] == ["online", "stopped"], changes
+    assert pipeline.reader.generation == 1, "a file starting over is not a reconnect"
+    assert pipeline.stats.frames_in >= 3 * 15
+
+
+def feed(pipeline: CameraPipeline, count: int, fps: float = 15, first_index: int = 100_000) -> None:
+    """Frames as a reader would deliver them (a connection that comes and goes, made to order)."""
+    for i in range(count):
+        pipeline.mailbox.put(Frame(frame_with_secret(i), time.monotonic(), first_index + i, generation=1000))
+        time.sleep(1 / fps)
+
+
+def test_a_lone_frame_in_an_outage_does_not_bring_the_camera_back() -> None:
+    pipeline = make_pipeline(f"rtsp://127.0.0.1:{free_port()}/cam", SecretDetector(), fps=10)  # camera down
+    recorder = StatusRecorder()
+    pipeline.observer = recorder
+    samples: list[str] = []
+    pipeline.start()
+    try:
+        deadline = time.monotonic() + 5
+        while pipeline.stats.state != "offline" and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert pipeline.stats.state == "offline"
+        feed(pipeline, 1)  # a reconnect that yields one frame and dies
+        until = time.monotonic() + 2 * OFFLINE_AFTER_S
+        while time.monotonic() < until:
+            samples.append(pipeline.stats.state)
+            time.sleep(0.01)
+        flowing = threading.Thread(target=feed, args=(pipeline, round(15 * (FLOWING_AFTER_S + 1.5))))
+        flow_start = time.monotonic()
+        flowing.start()
+        flowing.join()
+        back = pipeline.stats.state
+    finally:
+        pipeline.stop()
+    assert set(samples) == {"offline"}, "one frame is not a recovery"
+    assert back == "online", "frames flowing again bring it back"
+    changes = [(t, state) for t, state in recorder.states if state != "stopped"]
+    assert [state for _, state in changes] == ["offline", "online"], changes
+    assert changes[1][0] - flow_start >= FLOWING_AFTER_S - 0.1
 
 
 # --- the reader's error text -------------------------------------------------------------------------

@@ -1,9 +1,17 @@
 """One live camera: reader thread -> worker thread (process, encode) -> stream hub.
 
-The worker paces itself to the output fps and takes the newest decoded frame each time (older ones
-are counted as dropped). Output timestamps come from the worker's own clock, so the published
+The worker takes the reader's frames in order and publishes at most one per slot of the output
+fps: the rest are skipped on purpose (`frames_skipped`); frames lost because the worker fell
+behind are `frames_dropped`. Output timestamps come from the worker's own clock, so the published
 stream stays continuous across camera reconnects; while the camera is away it shows an
-"offline" slate, never a stale or raw frame.
+"offline" slate at the output fps, never a stale or raw frame.
+
+The output size is the camera's (scaled to `output.height` when set): the slate shown before the
+first frame only guesses it, and when the first real frame (or a reconnected camera) has another
+size, the encoder is replaced at that size (a new keyframe; timestamps continue).
+
+The state changes on real events only: `offline` when no frame came for OFFLINE_AFTER_S, and back
+once frames have flowed again for FLOWING_AFTER_S (a lone frame in an outage is not a recovery).
 """
 
 from __future__ import annotations
@@ -18,13 +26,13 @@ import numpy as np
 
 from deid_sidecar.anonymize.masks import Anonymizer, ZoneMasker
 from deid_sidecar.config import CameraConfig, Config, FailMode, Method, Zone, output_name
-from deid_sidecar.core.image import Image, as_image
+from deid_sidecar.core.image import Image
 from deid_sidecar.detect.base import Detector
 from deid_sidecar.engine.observer import FrameObserver
 from deid_sidecar.engine.processor import FrameProcessor, Processed
 from deid_sidecar.outputs.encoder import TIME_BASE, H264Encoder, probe_encoder
 from deid_sidecar.outputs.http_ts import StreamHub
-from deid_sidecar.sources.reader import FrameQueue, FrameReader
+from deid_sidecar.sources.reader import FLOWING_AFTER_S, FrameQueue, FrameReader, output_size
 from deid_sidecar.sources.spec import parse_source
 from deid_sidecar.stats import CameraStats
 
@@ -39,7 +47,8 @@ QUEUE_FRAMES = 8
 DETECT_SOURCE_MAX_SKEW_S = 0.25
 #: How often stats go to the observer (MQTT) and the log.
 STATS_INTERVAL_S = 5.0
-#: Output size used for the slate before the camera ever delivered a frame.
+#: Slate size before the camera ever delivered a frame (scaled to `output.height` when set); the
+#: first real frame sets the size for good.
 DEFAULT_SIZE = (1280, 720)
 TICKS_PER_S = int(1 / TIME_BASE)
 
@@ -66,6 +75,10 @@ class OutputClock:
 
     def is_free(self, t: float) -> bool:
         return self.slot(t) > self.last_slot
+
+    def next_due(self) -> float:
+        """The middle of the next free slot: when a frame made up on the spot (the slate) is due."""
+        return self._t0 + (self.last_slot + 1 - self._slot0) / self.fps
 
     def next_pts(self, t: float) -> int:
         """The pts (1/90000 s) of a frame published for time `t`; strictly increasing."""
@@ -141,6 +154,14 @@ class CameraPipeline:
         self._t0 = time.monotonic()
         self.clock = OutputClock(camera.output.fps, self._t0)
         self._slate: Image | None = None
+        #: Size of the newest real frame published (the output size); None before the first.
+        self._frame_size: tuple[int, int] | None = None
+        #: When the worker last took a camera frame (0: never).
+        self._last_frame_t = 0.0
+        #: True from the moment the camera counts as offline until frames flow again.
+        self._outage = False
+        #: Time of the first frame after an outage; frames flow again FLOWING_AFTER_S after it.
+        self._flow_start: float | None = None
         self._pending_output: tuple[float | None, int | None] | None = None
         self._output_lock = threading.Lock()
         self.paused = False
@@ -164,10 +185,8 @@ class CameraPipeline:
         self.reader.stop()
         if self.detect_reader is not None:
             self.detect_reader.stop()
-        self._thread.join(5.0)
+        self._thread.join(5.0)  # the worker flushes its encoder on the way out
         self.processor.close()
-        if self._encoder is not None:
-            self.hub.publish(self._encoder.flush())
         self.hub.close()
         self._set_state("stopped")
 
@@ -209,44 +228,73 @@ class CameraPipeline:
         return self.clock.fps
 
     def _run(self) -> None:
+        try:
+            self._work()
+        finally:
+            if self._encoder is not None:  # only this thread touches the encoder
+                self.hub.publish(self._encoder.flush())
+
+    def _work(self) -> None:
         next_stats = time.monotonic() + STATS_INTERVAL_S
         while not self._stop.is_set():
             self._apply_output_change()
             interval = 1.0 / self.fps
-            frame = self.mailbox.take(timeout=interval)
+            frame = self.mailbox.take(timeout=self._wait_s(interval))
             now = time.monotonic()
             if now >= next_stats:
                 next_stats = now + STATS_INTERVAL_S
                 self._report_stats()
             if frame is None:
-                self._maybe_slate(now, interval)
+                self._maybe_slate(now)
                 continue
+            self._last_frame_t = max(self._last_frame_t, frame.t)
+            if self._outage and self._flow_start is None:
+                self._flow_start = frame.t
             if not self.clock.is_free(frame.t):
-                with self.stats.lock:
-                    self.stats.frames_dropped += 1  # the camera is faster than the output fps
+                self.stats.frame_skipped()  # the camera is faster than the output fps
                 continue
             try:
                 self._process(frame.image, frame.t, frame.index, frame.generation)
             except Exception:  # one bad frame must never stop the camera or leak: drop it
                 log.exception("%s: frame %d could not be processed and was dropped", self.name, frame.index)
-                with self.stats.lock:
-                    self.stats.frames_dropped += 1
+                self.stats.frame_dropped()
+
+    def _wait_s(self, interval: float) -> float:
+        """How long to wait for a frame: a frame interval, or until the next slate is due."""
+        now = time.monotonic()
+        if not self._camera_away(now):
+            return interval
+        return min(interval, max(0.0, self.clock.next_due() - now))
+
+    def _camera_away(self, now: float) -> bool:
+        return now - (self._last_frame_t or self._t0) >= OFFLINE_AFTER_S
 
     def _process(self, image: Image, t: float, index: int, generation: int) -> None:
         if self.raw_viewers > 0:
             self._raw_image = image.copy()  # the processor masks in place
         started = time.perf_counter()
+        detections_before = self.processor.counters.detections_run
         outputs = self.processor.process(image, t, index, generation, self._detect_image(t))
         self.stats.record_stage("process", time.perf_counter() - started)
+        detections = self.processor.counters.detections_run - detections_before
+        if detections:
+            self.stats.detection_ran(detections)
         for processed in outputs:
             if processed.whole_frame and self._hold_on_failure:
-                with self.stats.lock:
-                    self.stats.frames_dropped += 1  # configured to hold rather than show a masked frame
+                self.stats.frame_dropped()  # configured to hold rather than show a masked frame
                 continue
             self._publish(processed)
-        self._set_state("degraded" if self.processor.degraded else "online")
+        self._update_state(t)
         if self.auto_detect_every:
-            self.processor.adapt_schedule(1000.0 / self.fps, self.stats.stage_ms.get("encode", 0.0))
+            self.processor.adapt_schedule(1000.0 / self.fps, self.stats.stage("encode"))
+
+    def _update_state(self, t: float) -> None:
+        """After a processed frame: online or degraded, unless an outage is not over yet."""
+        if self._outage:
+            if self._flow_start is None or t - self._flow_start < FLOWING_AFTER_S:
+                return  # a lone frame, or a burst of buffered ones, in an outage is not a recovery
+            self._outage, self._flow_start = False, None
+        self._set_state("degraded" if self.processor.degraded else "online")
 
     def _detect_image(self, t: float) -> Image | None:
         """The sub stream's newest frame when it is close in time to the main one, else None."""
@@ -258,57 +306,75 @@ class CameraPipeline:
         return frame.image
 
     def _publish(self, processed: Processed) -> None:
-        image = self._encode_and_send(processed.image, processed.t)
+        image = self._publish_frame(processed.image, processed.t)
         self.stats.record_latency((time.monotonic() - processed.t) * 1000.0)
-        with self.stats.lock:
-            counters = self.processor.counters
-            self.stats.detections_run = counters.detections_run
-            self.stats.detector_errors = counters.detector_errors + counters.detector_timeouts
-            self.stats.frames_masked_whole = counters.frames_masked_whole
+        counters = self.processor.counters
+        self.stats.set_detector_counters(
+            counters.detections_run,
+            counters.detector_errors + counters.detector_timeouts,
+            counters.frames_masked_whole,
+        )
         if self.observer is not None:
             self.observer.on_frame(self.name, time.time(), processed.objects, _jpeg_of(image))
 
     def _encode_and_send(self, image: Image, t: float) -> Image:
         encoder = self._encoder_for(image)
-        if image.shape[:2] != (encoder.height, encoder.width):
-            image = as_image(cv2.resize(image, (encoder.width, encoder.height), interpolation=cv2.INTER_AREA))
         pts = self.clock.next_pts(t)
         started = time.perf_counter()
         packets = encoder.encode(image, pts)
         self.stats.record_stage("encode", time.perf_counter() - started)
         self.hub.publish(packets)
         self.latest_jpeg = _jpeg_of(image)
-        with self.stats.lock:
-            self.stats.frames_out += 1
-        self.stats.fps_out.tick()
+        self.stats.frame_out()
         return image
 
+    def _publish_frame(self, image: Image, t: float) -> Image:
+        """A real frame: its size is the output size from now on."""
+        height, width = image.shape[:2]
+        self._frame_size = (width, height)
+        return self._encode_and_send(image, t)
+
     def _encoder_for(self, image: Image) -> H264Encoder:
+        """The encoder for `image`'s size: a new one (new keyframe, same clock) when the size changed."""
+        height, width = image.shape[:2]
+        if self._encoder is not None and (self._encoder.width, self._encoder.height) != (width, height):
+            log.info(
+                "%s: output size %dx%d -> %dx%d",
+                self.name,
+                self._encoder.width,
+                self._encoder.height,
+                width,
+                height,
+            )
+            self._replace_encoder()
         if self._encoder is None:
-            height, width = image.shape[:2]
             codec = probe_encoder(self._codec)
             self._encoder = H264Encoder(width, height, self.fps, self._bitrate, codec)
-            with self.stats.lock:
-                self.stats.encoder = codec
+            self.stats.set_encoder(codec)
         return self._encoder
 
-    def _maybe_slate(self, now: float, interval: float) -> None:
-        """While the camera is away, keep the stream alive with a clearly marked slate."""
-        last = self.stats.last_frame_time or self._t0
-        if now - last < OFFLINE_AFTER_S:
+    def _maybe_slate(self, now: float) -> None:
+        """While the camera is away, keep the stream alive with a clearly marked slate, one per slot."""
+        if not self._camera_away(now):
             return
+        self._outage, self._flow_start = True, None
         self._set_state("offline")
-        if self._slate is None:
-            width, height = (self._encoder.width, self._encoder.height) if self._encoder else DEFAULT_SIZE
+        if self.clock.is_free(now):
+            self._encode_and_send(self._slate_image(), now)
+
+    def _slate_image(self) -> Image:
+        """The slate at the output size: the camera's once known, else a guess from `output.height`."""
+        width, height = self._frame_size or DEFAULT_SIZE
+        target = self.reader.target_height
+        if target is not None and target != height:
+            width, height = output_size(width, height, target)
+        if self._slate is None or self._slate.shape[:2] != (height, width):
             self._slate = make_slate(width, height, f"{self.name}: camera offline")
-        self._encode_and_send(self._slate.copy(), now)
-        self._stop.wait(max(0.0, interval - (time.monotonic() - now)))
+        return self._slate.copy()
 
     def _set_state(self, state: str) -> None:
-        with self.stats.lock:
-            if self.stats.state == state:
-                return
-            self.stats.state = state
+        if not self.stats.set_state(state):
+            return
         log.info("%s: %s", self.name, state)
         if self.observer is not None:
             self.observer.on_status(self.name, state)
@@ -364,7 +430,6 @@ class CameraPipeline:
         if self._encoder is not None:
             self.hub.publish(self._encoder.flush())
         self._encoder = None  # made again, at the next frame's size and the current fps
-        self._slate = None
 
 
 def _jpeg_of(image: Image) -> Callable[[], bytes]:

@@ -3,7 +3,9 @@
 The consumer never waits for a long backlog: `FrameQueue` holds a few frames and drops (and
 counts) the oldest when the consumer falls further behind. Opens and reads have timeouts,
 reconnects step back (1 s x5, 5 s, 10 s, then 30 s), and a generation counter tells the consumer
-that the stream restarted (its tracks and timestamps no longer apply).
+that the stream restarted (its tracks and timestamps no longer apply). A looping file starting
+over is not a restart: it keeps its generation (a jump in the picture is the scene-cut detector's
+business), so the camera neither flaps to `degraded` nor masks whole frames on every loop.
 """
 
 from __future__ import annotations
@@ -29,6 +31,9 @@ log = logging.getLogger(__name__)
 BACKOFF_S = (1.0, 1.0, 1.0, 1.0, 1.0, 5.0, 10.0, 30.0)
 #: FFmpeg diagnostic lines kept per camera, printed when the camera fails.
 DIAGNOSTIC_LINES = 20
+#: Frames "flow again" after a failure once they have kept coming for this long: a connection that
+#: yields a frame or a burst of buffered frames and dies again is not a recovery.
+FLOWING_AFTER_S = 1.0
 
 
 @dataclass(frozen=True)
@@ -36,7 +41,7 @@ class Frame:
     image: Image  # BGR, already scaled to the output size
     t: float  # time.monotonic() when decoded
     index: int  # counts frames across reconnects
-    generation: int  # increments on every (re)connect
+    generation: int  # increments on every (re)connect, not when a looping file starts over
 
 
 class FrameQueue:
@@ -109,16 +114,30 @@ class FrameReader:
 
     def _run(self) -> None:
         failures = 0
+        looped = False
         while not self._stop.is_set():
-            self.generation += 1
+            if not looped:
+                self.generation += 1
+            looped = False
             try:
+                connected_at: float | None = None
+                flowing = False
                 for frame in self._frames():
                     failures = 0
+                    if connected_at is None:
+                        connected_at = frame.t
+                    elif not flowing and frame.t - connected_at >= FLOWING_AFTER_S:
+                        flowing = True
+                        self.stats.recovered()
                     if self.mailbox.put(frame):
-                        with self.stats.lock:
-                            self.stats.frames_dropped += 1
-                if self.spec.loop and not self._stop.is_set():
-                    continue  # a looping file restarts at once
+                        self.stats.frame_dropped()  # the worker fell this far behind: lost
+                if self._stop.is_set():
+                    return
+                if self.spec.loop:
+                    if connected_at is None:
+                        raise EOFError("no video frames to loop")  # step back, never spin
+                    looped = True
+                    continue  # a looping file restarts at once, as the same stream
                 if not self.spec.is_live:
                     log.info("%s: end of %s", self.stats.name, self.spec.display)
                     return
@@ -134,9 +153,7 @@ class FrameReader:
     def _note_failure(self, exc: Exception) -> None:
         message = self._mask(str(exc))
         self.diagnostics.append(message)
-        with self.stats.lock:
-            self.stats.reconnects += 1
-            self.stats.last_error = message
+        self.stats.reconnecting(message)
         log.warning("%s: %s failed: %s; reconnecting", self.stats.name, self.spec.display, message)
 
     def _mask(self, text: str) -> str:
@@ -161,6 +178,8 @@ class FrameReader:
             timeout=(OPEN_TIMEOUT_S, READ_TIMEOUT_S),
         )
         try:
+            if not container.streams.video:
+                raise ValueError("no video stream")  # a reconnect, not a dead reader thread
             stream = container.streams.video[0]
             # Slice threading: frame threading adds one frame of delay per thread.
             stream.thread_type = "SLICE"
@@ -174,10 +193,7 @@ class FrameReader:
                 image = as_image(frame.to_ndarray(format="bgr24", width=width, height=height))
                 self._index += 1
                 now = time.monotonic()
-                with self.stats.lock:
-                    self.stats.frames_in += 1
-                    self.stats.last_frame_time = now
-                self.stats.fps_in.tick(now)
+                self.stats.frame_in(now)
                 yield Frame(image, now, self._index, self.generation)
         finally:
             container.close()
