@@ -2,7 +2,7 @@
 // Cameras page: one card per camera with the anonymized MJPEG preview, stats and live controls.
 const LABELS = [["face", "faces"], ["license_plate", "plates"], ["person", "persons"]];
 const STATS = [["fps_in", "fps in"], ["fps_out", "fps out"], ["latency_ms", "latency ms"],
-               ["frames_dropped", "dropped"], ["reconnects", "reconnects"], ["frames_masked_whole", "masked whole"],
+               ["frames_dropped", "lost"], ["frames_skipped", "skipped"], ["reconnects", "reconnects"], ["frames_masked_whole", "masked whole"],
                ["encoder", "encoder"], ["readers", "readers"]];
 let session = {};
 const cards = new Map();
