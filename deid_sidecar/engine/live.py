@@ -40,6 +40,10 @@ log = logging.getLogger(__name__)
 
 #: Without a new frame for this long the camera counts as offline and the slate is shown.
 OFFLINE_AFTER_S = 1.5
+#: Seconds the worker waits before starting its loop again after an unexpected error.
+WORKER_RESTART_S = 1.0
+#: Camera states that make /healthz answer 503.
+UNHEALTHY_STATES = frozenset({"offline", "failed"})
 #: Decoded frames waiting for the worker: about half a second at 15 fps, enough to catch up after
 #: a frame that ran the detector; beyond it the oldest frames are dropped (and counted).
 QUEUE_FRAMES = 8
@@ -229,10 +233,27 @@ class CameraPipeline:
 
     def _run(self) -> None:
         try:
-            self._work()
+            while not self._stop.is_set():
+                try:
+                    self._work()
+                except Exception:  # a bug outside the per-frame guard: log it, start the loop over
+                    log.exception("%s: the camera worker failed unexpectedly; starting it again", self.name)
+                    self._encoder = None  # a fresh encoder (new keyframe) rather than one in an unknown state
+                    self._stop.wait(WORKER_RESTART_S)
         finally:
             if self._encoder is not None:  # only this thread touches the encoder
                 self.hub.publish(self._encoder.flush())
+
+    def problem(self) -> str | None:
+        """Why this camera is unhealthy (a thread ended, no picture), or None; read by /healthz."""
+        if self._thread.ident is not None and not self._thread.is_alive() and not self._stop.is_set():
+            return "its worker thread ended"
+        if self.reader.dead:
+            return "its reader thread ended"
+        state = self.stats.snapshot()["state"]
+        if state in UNHEALTHY_STATES and not self.paused:
+            return f"{state}: no frames from {self.spec.display} for {OFFLINE_AFTER_S:.1f} s or more"
+        return None
 
     def _work(self) -> None:
         next_stats = time.monotonic() + STATS_INTERVAL_S

@@ -104,9 +104,16 @@ class FrameReader:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name=f"reader-{stats.name}", daemon=True)
         self._index = 0
+        self.ended = False  # a file (not looping) was read to its end: the thread is done, not dead
 
     def start(self) -> None:
         self._thread.start()
+
+    @property
+    def dead(self) -> bool:
+        """The thread ended though nobody stopped it and its source had not ended (for /healthz)."""
+        started = self._thread.ident is not None
+        return started and not self._thread.is_alive() and not self._stop.is_set() and not self.ended
 
     def stop(self, timeout: float = 5.0) -> None:
         self._stop.set()
@@ -140,11 +147,15 @@ class FrameReader:
                     continue  # a looping file restarts at once, as the same stream
                 if not self.spec.is_live:
                     log.info("%s: end of %s", self.stats.name, self.spec.display)
+                    self.ended = True
                     return
                 raise EOFError("stream ended")
             except (av.FFmpegError, OSError, EOFError, ValueError) as exc:
                 if self._stop.is_set():
                     return
+                self._note_failure(exc)
+            except Exception as exc:  # a bug, not the camera: logged whole, then the reader starts over
+                log.exception("%s: the reader failed unexpectedly; starting it again", self.stats.name)
                 self._note_failure(exc)
             delay = BACKOFF_S[min(failures, len(BACKOFF_S) - 1)]
             failures += 1

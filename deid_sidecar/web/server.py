@@ -78,11 +78,17 @@ _BAD_REQUEST_LOG = _BadRequestLog()
 
 
 async def healthz(request: web.Request) -> web.Response:
+    """200 while every camera works; 503 naming each camera that does not (offline, a dead thread)."""
     state = request.app[STATE_KEY]
     cameras_state = {
         name: "paused" if p.paused else p.stats.snapshot()["state"] for name, p in state.pipelines.items()
     }
-    return web.json_response({"status": "ok", "version": __version__, "cameras": cameras_state})
+    problems = {name: why for name, p in state.pipelines.items() if (why := p.problem()) is not None}
+    body: dict[str, object] = {"status": "unhealthy" if problems else "ok", "version": __version__,
+                               "cameras": cameras_state}  # fmt: skip
+    if problems:
+        body["problems"] = problems
+    return web.json_response(body, status=503 if problems else 200)
 
 
 async def openapi(request: web.Request) -> web.Response:
