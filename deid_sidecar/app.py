@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 import logging
 import signal
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -65,6 +66,28 @@ def _load_detectors(config: Config, pipelines: dict[str, CameraPipeline]) -> Non
             log.exception("%s: detector could not be loaded; every frame stays masked whole", name)
             continue
         log.info("%s: detector ready (%s)", name, ", ".join(sorted(label.key for label in labels)))
+
+
+#: Seconds before a background task that failed (go2rtc registrar, a pusher) is started again.
+TASK_RESTART_S = 5.0
+
+
+def supervise(name: str, run: Callable[[], Awaitable[None]]) -> asyncio.Task[None]:
+    """`run()` as a task that is started again whenever it fails: a bug in a background loop is
+    logged whole and never silently ends registration or pushing."""
+
+    async def supervisor() -> None:
+        while True:
+            try:
+                await run()
+                return
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("%s failed; starting it again in %.0f s", name, TASK_RESTART_S)
+                await asyncio.sleep(TASK_RESTART_S)
+
+    return asyncio.create_task(supervisor(), name=name)
 
 
 class App:
@@ -137,7 +160,7 @@ class App:
 
         self._session = aiohttp.ClientSession()
         self._registrar = registrar_for(self.config, self._session)
-        self._tasks.append(asyncio.create_task(self._registrar.run(), name="go2rtc-registrar"))
+        self._tasks.append(supervise("go2rtc-registrar", self._registrar.run))
 
     def _start_pushers(self) -> None:
         """Push mode: stream into go2rtc streams the user declared (`output.push`)."""
@@ -147,7 +170,7 @@ class App:
         self._session = self._session or aiohttp.ClientSession()
         for pusher in pushers_for(self.config, hubs, self._session):
             self._pushers.append(pusher)
-            self._tasks.append(asyncio.create_task(pusher.run(), name=f"push-{pusher.name}"))
+            self._tasks.append(supervise(f"push-{pusher.name}", pusher.run))
 
     def _announce(self) -> None:
         server = self.config.server
@@ -166,12 +189,19 @@ class App:
             await pusher.close()
         for task in self._tasks:
             task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        for task, result in zip(
+            self._tasks, await asyncio.gather(*self._tasks, return_exceptions=True), strict=True
+        ):
+            if isinstance(result, Exception):
+                log.error("%s ended with %s", task.get_name(), result)
         if self._session is not None:
             await self._session.close()
-        await asyncio.gather(
+        stops = await asyncio.gather(
             *(loop.run_in_executor(None, p.stop) for p in self.pipelines.values()), return_exceptions=True
         )
+        for name, result in zip(self.pipelines, stops, strict=True):
+            if isinstance(result, Exception):
+                log.error("%s: stopping failed: %s", name, result)
         if self.events is not None:
             await loop.run_in_executor(None, self.events.stop)
         await runner.cleanup()
