@@ -10,6 +10,11 @@ The output size is the camera's (scaled to `output.height` when set): the slate 
 first frame only guesses it, and when the first real frame (or a reconnected camera) has another
 size, the encoder is replaced at that size (a new keyframe; timestamps continue).
 
+The runtime settings (method, zones, detection, pause, fps, height) are owned by `settings`
+(engine/settings.py), which the web API and MQTT change; the worker compares its version at every
+frame and applies what changed on its own thread, so no other thread writes the processor or the
+encoder.
+
 The state changes on real events only: `offline` when no frame came for OFFLINE_AFTER_S, and back
 once frames have flowed again for FLOWING_AFTER_S (a lone frame in an outage is not a recovery).
 """

@@ -203,10 +203,6 @@ class CommandHandler:
         """Cameras commands may reach: configured ones that have a settings owner."""
         return [camera for camera in self._config.cameras if camera in self._settings]
 
-    def state(self, camera: str, name: str) -> Any:
-        owner = self._settings.get(camera)
-        return None if owner is None else COMMANDS_BY_NAME[name].current(owner.values)
-
     def state_messages(
         self, camera: str, values: SettingsValues, specs: tuple[CommandSpec[Any], ...] = COMMANDS
     ) -> list[Message]:
