@@ -21,6 +21,7 @@ from deid_sidecar.config import Config
 from deid_sidecar.core.detections import Label
 from deid_sidecar.engine.live import CameraPipeline
 from deid_sidecar.engine.observer import FrameObserver
+from deid_sidecar.engine.settings import CameraSettings
 from deid_sidecar.errors import UserError
 from deid_sidecar.web.auth import WebUser
 from deid_sidecar.web.server import build_app
@@ -35,11 +36,21 @@ def _secret(value: Any) -> str | None:
     return value.get_secret_value() if value is not None else None
 
 
-def build_pipelines(config: Config, observer: FrameObserver | None) -> dict[str, CameraPipeline]:
+def build_settings(config: Config) -> dict[str, CameraSettings]:
+    """The one owner of each enabled camera's runtime settings (shared by pipeline, web and MQTT)."""
     return {
-        name: CameraPipeline(name, camera, config, detector=None, observer=observer)
+        name: CameraSettings.from_camera(name, camera, config)
         for name, camera in config.cameras.items()
         if camera.enabled
+    }
+
+
+def build_pipelines(
+    config: Config, observer: FrameObserver | None, settings: dict[str, CameraSettings]
+) -> dict[str, CameraPipeline]:
+    return {
+        name: CameraPipeline(name, config.cameras[name], config, observer=observer, settings=owner)
+        for name, owner in settings.items()
     }
 
 
@@ -94,12 +105,13 @@ class App:
     def __init__(self, config: Config, config_path: Path | None = None) -> None:
         self.config = config
         self.config_path = config_path
+        self.settings = build_settings(config)
         self.events: Any = None
         if config.mqtt.enabled:
             from deid_sidecar.events.mqtt import MqttEvents
 
-            self.events = MqttEvents(config)
-        self.pipelines = build_pipelines(config, self.events)
+            self.events = MqttEvents(config, self.settings)
+        self.pipelines = build_pipelines(config, self.events, self.settings)
         self._tasks: list[asyncio.Task[Any]] = []
         self._registrar: Any = None
         self._pushers: list[Any] = []
@@ -150,9 +162,9 @@ class App:
     def _start_events(self) -> None:
         if self.events is None:
             return
-        from deid_sidecar.events.control import PipelineControl
+        from deid_sidecar.events.control import SettingsControl
 
-        self.events.set_control(PipelineControl(self.pipelines, self.config))
+        self.events.set_control(SettingsControl(self.settings, self.config))
         self.events.start()
 
     async def _start_registrar(self) -> None:

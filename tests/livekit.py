@@ -200,6 +200,14 @@ def read_stream(
     return frames
 
 
+def wait_applied(pipeline: CameraPipeline, timeout_s: float = 10.0) -> None:
+    """Wait until the camera's worker applied its newest settings (it does so between frames)."""
+    deadline = time.monotonic() + timeout_s
+    while not pipeline.settings_applied:
+        assert time.monotonic() < deadline, f"{pipeline.name}: settings not applied in {timeout_s} s"
+        time.sleep(0.01)
+
+
 def watch(
     pipeline: CameraPipeline, seconds: float, on_frame: Callable[[av.VideoFrame], None] | None = None
 ) -> list[av.VideoFrame]:

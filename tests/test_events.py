@@ -4,20 +4,22 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
-from livekit import write_clip
+from livekit import wait_applied, write_clip
 from webkit import file_camera
 
 from deid_sidecar.config import Config, Method, Zone, parse_config
 from deid_sidecar.core.detections import NO_TRACK, Detections, Label
+from deid_sidecar.engine.settings import CameraSettings
 from deid_sidecar.events import tracker_events
 from deid_sidecar.events.commands import COMMANDS, CommandHandler, subscriptions
-from deid_sidecar.events.control import PipelineControl
+from deid_sidecar.events.control import SettingsControl
 from deid_sidecar.events.topics import Message, Topics, safe_id
 from deid_sidecar.events.tracker_events import END_GRACE_S, EventTracker, frigate_style_id
 
@@ -233,26 +235,50 @@ def test_topics_and_safe_ids() -> None:
 # -- commands -------------------------------------------------------------------------------------------
 
 
-class FakeControl:
-    def __init__(self, accept: bool = True) -> None:
+class RecordingControl(SettingsControl):
+    """The real control over real settings owners, recording what reached it (and able to refuse)."""
+
+    def __init__(self, settings: dict[str, CameraSettings], config: Config, accept: bool = True) -> None:
+        super().__init__(settings, config)
         self.accept = accept
         self.calls: list[tuple[str, str, Any]] = []
 
     def set_privacy(self, camera: str, on: bool) -> bool:
         self.calls.append(("privacy", camera, on))
-        return self.accept
+        return self.accept and super().set_privacy(camera, on)
 
     def set_zones(self, camera: str, zones: list[Zone]) -> bool:
         self.calls.append(("zones", camera, zones))
-        return self.accept
+        return self.accept and super().set_zones(camera, zones)
 
     def set_method(self, camera: str, method: Method) -> bool:
         self.calls.append(("method", camera, method))
-        return self.accept
+        return self.accept and super().set_method(camera, method)
 
     def set_detection(self, camera: str, on: bool) -> bool:
         self.calls.append(("detection", camera, on))
-        return self.accept
+        return self.accept and super().set_detection(camera, on)
+
+
+def owners(config: Config) -> dict[str, CameraSettings]:
+    return {name: CameraSettings.from_camera(name, camera, config) for name, camera in config.cameras.items()}
+
+
+class Wired:
+    """A CommandHandler over real settings owners, collecting what MQTT would publish: the handler's
+    own reply (a refusal) and the owners' observer echo (an accepted change)."""
+
+    def __init__(self, config: Config, accept: bool = True) -> None:
+        self.settings = owners(config)
+        self.control = RecordingControl(self.settings, config, accept)
+        self.handler = CommandHandler(config, self.settings, self.control)
+        self.echoed: list[Message] = []
+        for owner in self.settings.values():
+            owner.subscribe(lambda change: self.echoed.extend(self.handler.state_changed(change)))
+
+    def send(self, topic: str, payload: bytes) -> list[Message]:
+        self.echoed.clear()
+        return self.handler.handle(topic, payload) + self.echoed
 
 
 def test_subscriptions_come_from_the_table() -> None:
@@ -261,7 +287,8 @@ def test_subscriptions_come_from_the_table() -> None:
 
 
 def test_initial_state_messages() -> None:
-    handler = CommandHandler(make_config())
+    config = make_config()
+    handler = CommandHandler(config, owners(config))
     states = {m.topic: m.payload for m in handler.initial_messages()}
     assert states["deid/front/privacy/state"] == "ON"
     assert states["deid/front/detection/state"] == "ON"
@@ -281,11 +308,11 @@ def test_initial_state_messages() -> None:
 def test_privacy_off_needs_allow_remote_unmask(
     allow: bool, payload: bytes, applied: bool, state: str
 ) -> None:
-    control = FakeControl()
-    handler = CommandHandler(make_config(allow_remote_unmask=allow), control)
-    out = handler.handle("deid/front/privacy/set", payload)
+    wired = Wired(make_config(allow_remote_unmask=allow))
+    out = wired.send("deid/front/privacy/set", payload)
     assert [(m.topic, m.payload, m.retain) for m in out] == [("deid/front/privacy/state", state, True)]
-    assert bool(control.calls) is applied
+    assert bool(wired.control.calls) is applied
+    assert wired.settings["front"].values.masking is (state == "ON")
 
 
 @pytest.mark.parametrize(
@@ -298,10 +325,10 @@ def test_privacy_off_needs_allow_remote_unmask(
     ],
 )
 def test_accepted_commands_echo_state(topic: str, payload: bytes, expected: str) -> None:
-    control = FakeControl()
-    out = CommandHandler(make_config(), control).handle(topic, payload)
+    wired = Wired(make_config())
+    out = wired.send(topic, payload)
     assert [(m.topic, m.payload) for m in out] == [(topic.replace("/set", "/state"), expected)]
-    assert len(control.calls) == 1
+    assert len(wired.control.calls) == 1
 
 
 @pytest.mark.parametrize(
@@ -316,87 +343,94 @@ def test_accepted_commands_echo_state(topic: str, payload: bytes, expected: str)
     ],
 )
 def test_bad_zones_are_logged_never_raised(payload: bytes, caplog: pytest.LogCaptureFixture) -> None:
-    control = FakeControl()
-    handler = CommandHandler(make_config(allow_remote_unmask=True), control)
+    wired = Wired(make_config(allow_remote_unmask=True))
     with caplog.at_level(logging.ERROR):
-        assert handler.handle("deid/front/zones/set", payload) == []
-    assert control.calls == []
+        assert wired.send("deid/front/zones/set", payload) == []
+    assert wired.control.calls == []
     assert "zones/set refused" in caplog.text
 
 
 def test_zones_change_may_only_grow_masking_by_default() -> None:
-    control = FakeControl()
-    handler = CommandHandler(make_config(), control)
+    wired = Wired(make_config())
     window = {"name": "window", "points": [[0, 0], [1, 0], [1, 1]]}
     door = {"name": "door", "points": [[0, 0], [0.5, 0], [0.5, 0.5]]}
-    grown = handler.handle("deid/front/zones/set", json.dumps([window, door]).encode())
+    grown = wired.send("deid/front/zones/set", json.dumps([window, door]).encode())
     assert len(json.loads(grown[0].payload)) == 2
-    shrunk = handler.handle("deid/front/zones/set", json.dumps([door]).encode())
+    shrunk = wired.send("deid/front/zones/set", json.dumps([door]).encode())
     assert len(json.loads(shrunk[0].payload)) == 2  # refused: state re-published unchanged
-    assert len(control.calls) == 1
+    assert len(wired.control.calls) == 1
+    assert [zone.name for zone in wired.settings["front"].values.zones] == ["window", "door"]
 
 
 def test_unknown_camera_bad_method_no_control_and_failing_control() -> None:
-    handler = CommandHandler(make_config())
+    config = make_config()
+    settings = owners(config)
+    handler = CommandHandler(config, settings)
     assert handler.handle("deid/nope/method/set", b"blur") == []
     refused = handler.handle("deid/front/method/set", b"fill")  # no control wired yet
     assert [m.payload for m in refused] == ["blur"]
-    handler.control = FakeControl()
+    handler.control = RecordingControl(settings, config)
     assert handler.handle("deid/front/method/set", b"sharpen") == []
-    handler.control = FakeControl(accept=False)
+    handler.control = RecordingControl(settings, config, accept=False)
     assert [m.payload for m in handler.handle("deid/front/detection/set", b"OFF")] == ["ON"]
 
-    class Broken(FakeControl):
+    class Broken(RecordingControl):
         def set_method(self, camera: str, method: Method) -> bool:
             raise RuntimeError("bug in the app")
 
-    handler.control = Broken()
+    handler.control = Broken(settings, config)
     assert handler.handle("deid/front/method/set", b"fill") == []
+    assert settings["front"].values.method is Method.BLUR
 
 
-class FakePipeline:
-    def __init__(self) -> None:
-        self.calls: list[tuple[str, Any]] = []
-        self.paused = False
-
-    def set_method(self, method: Method) -> None:
-        self.calls.append(("method", method))
-
-    def set_zones(self, zones: list[Zone], invert: bool | None = None) -> None:
-        self.calls.append(("zones", [z.name for z in zones]))
-
-    def set_detection(self, enabled: bool) -> None:
-        self.calls.append(("detection", enabled))
-
-    def set_masking(self, enabled: bool) -> None:
-        self.calls.append(("masking", enabled))
-
-
-def test_pipeline_control_refuses_unmask_and_forwards_changes() -> None:
-    pipeline = FakePipeline()
-    control = PipelineControl({"front": pipeline}, make_config())
+def test_settings_control_refuses_unmask_and_submits_changes_to_the_owner() -> None:
+    config = make_config()
+    settings = owners(config)
+    changes: list[tuple[str, frozenset[str]]] = []
+    settings["front"].subscribe(lambda change: changes.append((change.by, change.changed)))
+    control = SettingsControl(settings, config)
     assert not control.set_privacy("front", False)
-    assert control.set_privacy("front", True)
+    assert control.set_privacy("front", True)  # already on: nothing changes
     assert not control.set_detection("nope", False)
     zone = Zone(name="door", points=[(0, 0), (1, 0), (1, 1)])
     assert control.set_zones("front", [zone])
     assert control.set_method("front", Method.FILL)
-    assert pipeline.calls == [
-        ("masking", True),
-        ("zones", ["door"]),
-        ("method", Method.FILL),
-    ]
-    allowed = PipelineControl({"front": pipeline}, make_config(allow_remote_unmask=True))
-    assert allowed.set_privacy("front", False) and pipeline.calls[-1] == ("masking", False)
+    assert changes == [("mqtt", frozenset({"zones"})), ("mqtt", frozenset({"method"}))]
+    assert settings["front"].values.zones == (zone,) and settings["front"].values.method is Method.FILL
+    allowed = SettingsControl(settings, make_config(allow_remote_unmask=True))
+    assert allowed.set_privacy("front", False) and settings["front"].values.masking is False
 
 
-def test_detection_on_from_mqtt_never_lifts_the_web_uis_privacy_shutter(tmp_path: Path) -> None:
+def test_detection_on_from_mqtt_during_stop_keeps_every_frame_masked_whole(tmp_path: Path) -> None:
     clip = write_clip(tmp_path / "cam.mp4", seconds=1.0, fps=10)
     pipeline = file_camera(clip, "front")
     try:
+        pipeline.set_detection(False)
         pipeline.pause()  # the web UI's Stop
-        handler = CommandHandler(make_config(), PipelineControl({"front": pipeline}, make_config()))
+        config = make_config()
+        handler = CommandHandler(
+            config, {"front": pipeline.settings}, SettingsControl({"front": pipeline.settings}, config)
+        )
+        echo: list[Message] = []
+        pipeline.settings.subscribe(lambda change: echo.extend(handler.state_changed(change)))
         handler.handle("deid/front/detection/set", b"ON")
+        assert [(m.topic, m.payload) for m in echo] == [("deid/front/detection/state", "ON")]  # the wish
+        wait_applied(pipeline)
+        masked_before = pipeline.processor.counters.frames_masked_whole
+        frames_before = pipeline.stats.snapshot()["frames_out"]
+        wait_for(lambda: pipeline.stats.snapshot()["frames_out"] >= frames_before + 5)
         assert pipeline.paused and pipeline.processor.detection_enabled is False  # still masked whole
+        masked = pipeline.processor.counters.frames_masked_whole - masked_before
+        assert masked >= pipeline.stats.snapshot()["frames_out"] - frames_before - 1  # one may be in flight
+        pipeline.resume()  # an admin starts the camera: the stored wish takes effect
+        wait_applied(pipeline)
+        assert pipeline.processor.detection_enabled is True
     finally:
         pipeline.stop()
+
+
+def wait_for(condition: Callable[[], bool], timeout_s: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.02)

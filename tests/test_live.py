@@ -29,6 +29,7 @@ from livekit import (
     is_slate,
     leaks,
     read_stream,
+    wait_applied,
     watch,
     write_clip,
 )
@@ -135,10 +136,16 @@ def test_stream_survives_a_camera_restart_with_continuous_timestamps(camera: Rts
 def test_a_method_change_keeps_the_zones_set_at_runtime(clip: Path) -> None:
     pipeline = make_pipeline(f"file:{clip}", SecretDetector())
     zone = Zone(name="door", points=[(0.0, 0.0), (0.5, 0.0), (0.5, 0.5)])
-    pipeline.set_zones([zone])
-    pipeline.set_method(Method.FILL)
-    assert pipeline.zones == [zone]
-    assert pipeline.processor.zones.mask_for(320, 240).any()
+    pipeline.start()
+    try:
+        pipeline.set_zones([zone])
+        pipeline.set_method(Method.FILL)
+        wait_applied(pipeline)
+        assert pipeline.zones == [zone]
+        assert pipeline.processor.anonymizer.method is Method.FILL
+        assert pipeline.processor.zones.mask_for(320, 240).any()
+    finally:
+        pipeline.stop()
 
 
 def test_fps_and_height_change_live_with_continuous_timestamps(clip: Path) -> None:

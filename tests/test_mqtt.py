@@ -22,6 +22,7 @@ from mosquitto import Broker, Recorder, free_port, running_broker
 from deid_sidecar.config import Config, Method, Zone, parse_config
 from deid_sidecar.core.detections import Detections, Label
 from deid_sidecar.events import mqtt as mqtt_module
+from deid_sidecar.events.control import SettingsControl
 from deid_sidecar.events.mqtt import MqttEvents, Outbox
 from deid_sidecar.events.topics import Message
 
@@ -213,31 +214,34 @@ def test_ha_birth_resends_discovery(recorder: Recorder, events: MqttEvents) -> N
     recorder.wait_topic("deid/front/privacy/state", start=mark)
 
 
-class FakeControl:
-    def __init__(self) -> None:
+class RecordingControl(SettingsControl):
+    """The real control over the events' settings owners, recording what reached it."""
+
+    def __init__(self, events: MqttEvents, config: Config) -> None:
+        super().__init__(events.settings, config)
         self.calls: list[tuple[str, str, Any]] = []
 
     def set_privacy(self, camera: str, on: bool) -> bool:
         self.calls.append(("privacy", camera, on))
-        return True
+        return super().set_privacy(camera, on)
 
     def set_zones(self, camera: str, zones: list[Zone]) -> bool:
         self.calls.append(("zones", camera, zones))
-        return True
+        return super().set_zones(camera, zones)
 
     def set_method(self, camera: str, method: Method) -> bool:
         self.calls.append(("method", camera, method))
-        return True
+        return super().set_method(camera, method)
 
     def set_detection(self, camera: str, on: bool) -> bool:
         self.calls.append(("detection", camera, on))
-        return True
+        return super().set_detection(camera, on)
 
 
 def test_commands_over_the_broker(
-    recorder: Recorder, events: MqttEvents, caplog: pytest.LogCaptureFixture
+    broker: Broker, recorder: Recorder, events: MqttEvents, caplog: pytest.LogCaptureFixture
 ) -> None:
-    control = FakeControl()
+    control = RecordingControl(events, make_config(broker.port))
     events.set_control(control)
     recorder.wait_topic("deid/front/privacy/state", b"ON")
 
@@ -261,8 +265,9 @@ def test_commands_over_the_broker(
 
 
 def test_remote_unmask_allowed_when_configured(broker: Broker, recorder: Recorder) -> None:
-    events = MqttEvents(make_config(broker.port, allow_remote_unmask=True))
-    control = FakeControl()
+    config = make_config(broker.port, allow_remote_unmask=True)
+    events = MqttEvents(config)
+    control = RecordingControl(events, config)
     events.set_control(control)
     events.start()
     try:

@@ -83,7 +83,7 @@ def test_a_worker_bug_outside_the_frame_guard_does_not_stop_the_camera(
 ) -> None:
 
     calls = {"n": 0}
-    apply = CameraPipeline._apply_output_change
+    apply = CameraPipeline._apply_settings
 
     def fails_once(self: CameraPipeline) -> None:
         calls["n"] += 1
@@ -91,7 +91,7 @@ def test_a_worker_bug_outside_the_frame_guard_does_not_stop_the_camera(
             raise RuntimeError("injected bug")
         apply(self)
 
-    monkeypatch.setattr(CameraPipeline, "_apply_output_change", fails_once)
+    monkeypatch.setattr(CameraPipeline, "_apply_settings", fails_once)
     pipeline = file_camera(clip)
     try:
         wait_for(lambda: calls["n"] > 20, 10.0, "the worker to pass the injected failure")

@@ -17,7 +17,7 @@ import pytest
 import yaml
 from aiohttp.test_utils import TestClient
 from livekit import SecretDetector
-from webkit import AUTH, TOKEN, make_app, run, serve, upload_form
+from webkit import AUTH, TOKEN, applied, make_app, run, serve, upload_form
 
 from deid_sidecar.config import Method, parse_config
 from deid_sidecar.core.detections import Label
@@ -85,6 +85,7 @@ def test_cookie_login_needs_csrf_for_changes(pipeline: CameraPipeline) -> None:
                 "/api/cameras/cam", json={"method": "fill"}, headers={CSRF_HEADER: csrf}
             )
             assert good.status == 200
+            await applied(pipeline)  # the camera's worker applies settings between frames
             assert pipeline.processor.anonymizer.method is Method.FILL
 
     run(body)
@@ -131,22 +132,16 @@ def test_patch_changes_method_and_detection_live(pipeline: CameraPipeline) -> No
         async with serve(make_app({"cam": pipeline})) as client:
             reply = await client.patch("/api/cameras/cam", json={"method": "pixelate"}, headers=AUTH)
             assert reply.status == 200 and (await reply.json())["method"] == "pixelate"
+            await applied(pipeline)  # the camera's worker applies settings between frames
             assert pipeline.processor.anonymizer.method is Method.PIXELATE
             await client.patch("/api/cameras/cam", json={"detection": False}, headers=AUTH)
+            await applied(pipeline)  # the camera's worker applies settings between frames
             assert pipeline.processor.detection_enabled is False
             camera = await (await client.get("/api/cameras/cam", headers=AUTH)).json()
             assert camera["detection"] is False and camera["source"].startswith("file:") is False
             later = await client.patch("/api/cameras/cam", json={"fps": 5, "height": 120}, headers=AUTH)
             assert (await later.json())["fps"] == 5 and (await later.json())["height"] == 120
-
-            # The camera's worker thread applies it before its next frame (only it may touch the encoder).
-            def applied() -> bool:
-                deadline = time.monotonic() + 10
-                while pipeline.fps != 5 and time.monotonic() < deadline:
-                    time.sleep(0.05)
-                return pipeline.fps == 5
-
-            assert await asyncio.get_running_loop().run_in_executor(None, applied)
+            await applied(pipeline)  # only the camera's worker thread may touch its encoder
             assert pipeline.fps == 5 and pipeline.reader.target_height == 120
 
     run(body)
@@ -181,8 +176,10 @@ def test_stop_pauses_and_start_resumes(pipeline: CameraPipeline) -> None:
         async with serve(make_app({"cam": pipeline})) as client:
             stopped = await (await client.post("/api/cameras/cam/stop", headers=AUTH)).json()
             assert stopped["state"] == "paused" and pipeline.paused
+            await applied(pipeline)  # the camera's worker applies settings between frames
             assert pipeline.processor.detection_enabled is False  # fail closed: whole frames masked
             started = await (await client.post("/api/cameras/cam/start", headers=AUTH)).json()
+            await applied(pipeline)  # the camera's worker applies settings between frames
             assert not started["paused"] and pipeline.processor.detection_enabled is True
 
     run(body)

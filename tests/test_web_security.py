@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 import yaml
-from webkit import AUTH, login, make_app, run, serve
+from webkit import AUTH, applied, login, make_app, run, serve
 
 from deid_sidecar.config import Method, parse_config
 from deid_sidecar.engine.live import CameraPipeline
@@ -78,6 +78,7 @@ def test_a_viewer_may_not_make_a_change_that_masks_less(
             assert reply.status == 403 and "masks less" in (await reply.json())["error"]
             camera = await (await client.get("/api/cameras/cam")).json()
             assert camera["protect"] == ["face", "license_plate"] and camera["method"] == "fill"
+            await applied(pipeline)  # the camera's worker applies settings between frames
             assert pipeline.processor.anonymizer.method is Method.FILL
 
     run(body)
@@ -95,6 +96,7 @@ def test_a_viewer_may_stop_but_not_restart_or_turn_detection_back_on(pipeline: C
             ).status == 403
             assert (await client.post("/api/cameras/cam/stop", headers=viewer)).status == 200
             assert (await client.post("/api/cameras/cam/start", headers=viewer)).status == 403
+            await applied(pipeline)  # the camera's worker applies settings between frames
             assert pipeline.paused and not pipeline.processor.detection_enabled
 
     run(body)

@@ -12,7 +12,7 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
-from livekit import SecretDetector
+from livekit import SecretDetector, wait_applied
 
 from deid_sidecar.config import parse_config
 from deid_sidecar.core.detections import Label
@@ -66,6 +66,11 @@ def file_camera(clip: Path, name: str = "cam", **config: Any) -> CameraPipeline:
     pipeline = CameraPipeline(name, parsed.cameras[name], parsed, detector=SecretDetector())
     pipeline.start()
     return pipeline
+
+
+async def applied(pipeline: CameraPipeline) -> None:
+    """Wait (off the event loop) until the camera's worker applied its newest settings."""
+    await asyncio.get_running_loop().run_in_executor(None, wait_applied, pipeline)
 
 
 def upload_form(data: bytes, filename: str, **fields: str) -> aiohttp.FormData:

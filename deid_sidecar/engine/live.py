@@ -10,6 +10,11 @@ The output size is the camera's (scaled to `output.height` when set): the slate 
 first frame only guesses it, and when the first real frame (or a reconnected camera) has another
 size, the encoder is replaced at that size (a new keyframe; timestamps continue).
 
+The runtime settings (method, zones, detection, pause, fps, height) are owned by `settings`
+(engine/settings.py), which the web API and MQTT change; the worker compares its version at every
+frame and applies what changed on its own thread, so no other thread writes the processor or the
+encoder.
+
 The state changes on real events only: `offline` when no frame came for OFFLINE_AFTER_S, and back
 once frames have flowed again for FLOWING_AFTER_S (a lone frame in an outage is not a recovery).
 """
@@ -20,6 +25,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable
+from typing import Any
 
 import cv2
 import numpy as np
@@ -30,6 +36,7 @@ from deid_sidecar.core.image import Image
 from deid_sidecar.detect.base import Detector
 from deid_sidecar.engine.observer import FrameObserver
 from deid_sidecar.engine.processor import FrameProcessor, Processed
+from deid_sidecar.engine.settings import CameraSettings, SettingsValues
 from deid_sidecar.outputs.encoder import TIME_BASE, H264Encoder, probe_encoder
 from deid_sidecar.outputs.http_ts import StreamHub
 from deid_sidecar.sources.reader import FLOWING_AFTER_S, FrameQueue, FrameReader, output_size
@@ -116,6 +123,7 @@ class CameraPipeline:
         config: Config,
         detector: Detector | None = None,
         observer: FrameObserver | None = None,
+        settings: CameraSettings | None = None,
     ) -> None:
         self.name = name
         self.camera = camera
@@ -137,14 +145,16 @@ class CameraPipeline:
                 CameraStats(f"{name}-detect", self.output),
             )
         self._anonymize_config = config.anonymize
-        self._zones = list(camera.zones)
-        self._invert_zones = camera.invert_zones
-        anonymizer = Anonymizer.from_config(config.anonymize, camera.method)
+        #: The one owner of this camera's runtime settings; web and MQTT submit changes to it.
+        self.settings = settings or CameraSettings.from_camera(name, camera, config)
+        #: The version and values the worker applied last (only the worker thread writes these).
+        self._applied_version, self._applied = self.settings.snapshot()
+        anonymizer = Anonymizer.from_config(config.anonymize, self._applied.method)
         self.processor = FrameProcessor(
             detector,
             config.privacy,
             anonymizer,
-            ZoneMasker(camera.zones, camera.invert_zones, anonymizer),
+            ZoneMasker(list(self._applied.zones), self._applied.invert_zones, anonymizer),
             realtime=True,
         )
         self.auto_detect_every = config.privacy.detect_every == 0
@@ -166,9 +176,6 @@ class CameraPipeline:
         self._outage = False
         #: Time of the first frame after an outage; frames flow again FLOWING_AFTER_S after it.
         self._flow_start: float | None = None
-        self._pending_output: tuple[float | None, int | None] | None = None
-        self._output_lock = threading.Lock()
-        self.paused = False
         #: While > 0, frames are copied BEFORE anonymization for the admin's original view.
         self.raw_viewers = 0
         self._raw_image: Image | None = None
@@ -199,31 +206,37 @@ class CameraPipeline:
         self.processor.detector = detector
 
     # --- controls (web, MQTT) --------------------------------------------------------------------
+    # Each submits to `settings`; the worker applies the result between frames, on its own thread.
 
-    def set_method(self, method: Method) -> None:
-        self.processor.anonymizer = Anonymizer.from_config(self._anonymize_config, method)
-        self._rebuild_zones()
+    def set_method(self, method: Method, by: str = "app") -> None:
+        self.settings.update(by, method=method)
 
-    def set_zones(self, zones: list[Zone], invert: bool | None = None) -> None:
-        self._zones = list(zones)
-        if invert is not None:
-            self._invert_zones = invert
-        self._rebuild_zones()
+    def set_zones(self, zones: list[Zone], invert: bool | None = None, by: str = "app") -> None:
+        if invert is None:
+            self.settings.update(by, zones=zones)
+        else:
+            self.settings.update(by, zones=zones, invert_zones=invert)
 
     @property
     def zones(self) -> list[Zone]:
-        return list(self._zones)
+        return list(self.settings.values.zones)
 
-    def _rebuild_zones(self) -> None:
-        self.processor.zones = ZoneMasker(self._zones, self._invert_zones, self.processor.anonymizer)
-
-    def set_detection(self, enabled: bool) -> None:
+    def set_detection(self, enabled: bool, by: str = "app") -> None:
         """Detection off masks whole frames (a privacy shutter), it never lets clear video out."""
-        self.processor.detection_enabled = enabled
+        self.settings.update(by, detection=enabled)
 
-    def set_masking(self, enabled: bool) -> None:
+    def set_masking(self, enabled: bool, by: str = "app") -> None:
         """Only the app calls this, and only when the config allows remote unmasking."""
-        self.processor.masking_enabled = enabled
+        self.settings.update(by, masking=enabled)
+
+    @property
+    def paused(self) -> bool:
+        return self.settings.values.paused
+
+    @property
+    def settings_applied(self) -> bool:
+        """True once the worker has applied the newest settings (for tests and status)."""
+        return self._applied_version == self.settings.version
 
     # --- worker ----------------------------------------------------------------------------------
 
@@ -258,7 +271,7 @@ class CameraPipeline:
     def _work(self) -> None:
         next_stats = time.monotonic() + STATS_INTERVAL_S
         while not self._stop.is_set():
-            self._apply_output_change()
+            self._apply_settings()
             interval = 1.0 / self.fps
             frame = self.mailbox.take(timeout=self._wait_s(interval))
             now = time.monotonic()
@@ -275,6 +288,7 @@ class CameraPipeline:
                 self.stats.frame_skipped()  # the camera is faster than the output fps
                 continue
             try:
+                self._apply_settings()  # again: a change (a Stop) may have come while waiting for the frame
                 self._process(frame.image, frame.t, frame.index, frame.generation)
             except Exception:  # one bad frame must never stop the camera or leak: drop it
                 log.exception("%s: frame %d could not be processed and was dropped", self.name, frame.index)
@@ -411,39 +425,58 @@ class CameraPipeline:
     # privacy shutter: while paused no detection runs and every frame is masked whole (fail closed);
     # the published stream stays up, so go2rtc consumers never see it end.
 
-    def pause(self) -> None:
-        self.paused = True
-        self.processor.detection_enabled = False
+    def pause(self, by: str = "app") -> None:
+        self.settings.update(by, paused=True)
 
-    def resume(self, detection: bool = True) -> None:
-        self.paused = False
-        self.processor.detection_enabled = detection
+    def resume(self, by: str = "app") -> None:
+        """The detection wish stays as set; it takes effect again now that the camera is not paused."""
+        self.settings.update(by, paused=False)
 
     def latest_raw_jpeg(self) -> bytes | None:
         """JPEG of the newest frame before anonymization, captured only while `raw_viewers` > 0."""
         image = self._raw_image
         return None if image is None else _jpeg_of(image)()
 
-    def apply_output(self, fps: float | None = None, height: int | None = None) -> None:
+    def apply_output(self, fps: float | None = None, height: int | None = None, by: str = "app") -> None:
         """Change the output frame rate and/or height live; the worker applies it at its next frame.
 
         A new height means a new encoder: the next packet is a keyframe with new SPS/PPS at the new
         size, and timestamps continue (players and go2rtc follow an in-band resolution change).
         """
-        with self._output_lock:
-            self._pending_output = (fps, height)
+        changes: dict[str, Any] = {}
+        if fps is not None:
+            changes["fps"] = fps
+        if height is not None:
+            changes["height"] = height
+        self.settings.update(by, **changes)
 
-    def _apply_output_change(self) -> None:
-        with self._output_lock:
-            pending, self._pending_output = self._pending_output, None
-        if pending is None:
+    def _apply_settings(self) -> None:
+        """Worker thread, between frames: apply what changed since the settings version applied last."""
+        version, new = self.settings.snapshot()
+        if version == self._applied_version:
             return
-        fps, height = pending
-        if fps is not None and fps != self.clock.fps:
-            self.clock.set_fps(fps)
+        old, self._applied = self._applied, new
+        self._applied_version = version
+        self._apply_masking(old, new)
+        self._apply_output_change(old, new)
+
+    def _apply_masking(self, old: SettingsValues, new: SettingsValues) -> None:
+        processor = self.processor
+        processor.detection_enabled = new.effective_detection
+        processor.masking_enabled = new.masking
+        if new.method != old.method:
+            processor.anonymizer = Anonymizer.from_config(self._anonymize_config, new.method)
+        if (new.method, new.zones, new.invert_zones) != (old.method, old.zones, old.invert_zones):
+            processor.zones = ZoneMasker(list(new.zones), new.invert_zones, processor.anonymizer)
+
+    def _apply_output_change(self, old: SettingsValues, new: SettingsValues) -> None:
+        if (new.fps, new.height) == (old.fps, old.height):
+            return
+        if new.fps != self.clock.fps:
+            self.clock.set_fps(new.fps)
             self._replace_encoder()
-        if height is not None and height != self.reader.target_height:
-            self.reader.target_height = height
+        if new.height is not None and new.height != self.reader.target_height:
+            self.reader.target_height = new.height
             self._replace_encoder()
         log.info("%s: output now %.0f fps, height %s", self.name, self.fps, self.reader.target_height)
 

@@ -1,7 +1,10 @@
 """Remote commands (`<prefix>/<cam>/<name>/set`): ONE table gives subscriptions, parsing, policy, echo.
 
-Pure: no paho. `CommandHandler.handle(topic, payload)` returns the messages to publish (the retained
-`.../state` echo); it never raises, so a bad payload cannot take down the MQTT network thread.
+Pure: no paho. The values come from each camera's settings owner (`engine.settings.CameraSettings`),
+which the web API changes too: `CommandHandler.handle(topic, payload)` submits an accepted change
+through the `CameraControl`, and the `.../state` echo of every change, whichever side made it, comes
+from `state_changed` (the owner's observer). `handle` returns only the re-published state of a refused
+command; it never raises, so a bad payload cannot take down the MQTT network thread.
 
 Privacy policy lives here, not in the control: a command that would show more of the picture
 (privacy OFF, or a zone change that shrinks the always-masked area) is refused unless
@@ -12,13 +15,14 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Generic, Protocol, TypeVar
 
 from pydantic import ValidationError
 
 from deid_sidecar.config import Config, Method, Zone, format_validation_error
+from deid_sidecar.engine.settings import CameraSettings, SettingsChange, SettingsValues
 from deid_sidecar.events.topics import Message, Topics, retained
 
 log = logging.getLogger(__name__)
@@ -102,44 +106,36 @@ class CommandSpec(Generic[T]):
     parse: Callable[[str], T]
     render: Callable[[T], str]
     apply: Callable[[CameraControl, str, T], bool]
-    #: (config, camera, current value, requested value) -> refusal reason, or None when allowed.
-    guard: Callable[[Config, str, T, T], str | None]
-    initial: Callable[[Config, str], T]
+    #: (config, the camera's values now, requested value) -> refusal reason, or None when allowed.
+    guard: Callable[[Config, SettingsValues, T], str | None]
+    #: The value this command's `.../state` reports, read from the camera's settings.
+    current: Callable[[SettingsValues], T]
+    #: The settings fields whose change this command's `.../state` reports.
+    fields: frozenset[str]
 
 
-def _always(config: Config, camera: str, current: Any, new: Any) -> str | None:
+def _always(config: Config, values: SettingsValues, new: Any) -> str | None:
     return None
 
 
-def _privacy_guard(config: Config, camera: str, current: bool, new: bool) -> str | None:
+def _privacy_guard(config: Config, values: SettingsValues, new: bool) -> str | None:
     if not new and not config.mqtt.allow_remote_unmask:
         return "turning privacy masking OFF remotely is disabled (mqtt.allow_remote_unmask is false)"
     return None
 
 
-def _zones_guard(config: Config, camera: str, current: list[Zone], new: list[Zone]) -> str | None:
+def _zones_guard(config: Config, values: SettingsValues, new: list[Zone]) -> str | None:
     """Without allow_remote_unmask a zone change may only grow the always-masked area."""
     if config.mqtt.allow_remote_unmask:
         return None
-    cam = config.cameras.get(camera)
-    inverted = cam is not None and cam.invert_zones
-    if inverted:
+    current = list(values.zones)
+    if values.invert_zones:
         # Everything OUTSIDE the zones is masked: dropping zones is safe, adding or emptying is not.
         if new and all(zone in current for zone in new):
             return None
     elif all(zone in new for zone in current):
         return None
     return "this zone change would mask less of the picture; it needs mqtt.allow_remote_unmask"
-
-
-def _initial_method(config: Config, camera: str) -> Method:
-    cam = config.cameras.get(camera)
-    return (cam.method if cam is not None else None) or config.anonymize.method
-
-
-def _initial_zones(config: Config, camera: str) -> list[Zone]:
-    cam = config.cameras.get(camera)
-    return list(cam.zones) if cam is not None else []
 
 
 COMMANDS: tuple[CommandSpec[Any], ...] = (
@@ -149,7 +145,8 @@ COMMANDS: tuple[CommandSpec[Any], ...] = (
         render=render_switch,
         apply=lambda control, camera, on: control.set_privacy(camera, on),
         guard=_privacy_guard,
-        initial=lambda config, camera: True,
+        current=lambda values: values.masking,
+        fields=frozenset({"masking"}),
     ),
     CommandSpec[list[Zone]](
         name="zones",
@@ -157,7 +154,8 @@ COMMANDS: tuple[CommandSpec[Any], ...] = (
         render=render_zones,
         apply=lambda control, camera, zones: control.set_zones(camera, zones),
         guard=_zones_guard,
-        initial=_initial_zones,
+        current=lambda values: list(values.zones),
+        fields=frozenset({"zones"}),
     ),
     CommandSpec[Method](
         name="method",
@@ -165,16 +163,19 @@ COMMANDS: tuple[CommandSpec[Any], ...] = (
         render=render_method,
         apply=lambda control, camera, method: control.set_method(camera, method),
         guard=_always,
-        initial=_initial_method,
+        current=lambda values: values.method,
+        fields=frozenset({"method"}),
     ),
     CommandSpec[bool](
-        # OFF makes the camera mask the whole frame (fail closed); the control implements that.
+        # OFF makes the camera mask the whole frame (fail closed). The state is the stored wish: a
+        # camera stopped in the web UI stays masked whole whatever it says (paused wins).
         name="detection",
         parse=parse_switch,
         render=render_switch,
         apply=lambda control, camera, on: control.set_detection(camera, on),
         guard=_always,
-        initial=lambda config, camera: True,
+        current=lambda values: values.detection,
+        fields=frozenset({"detection"}),
     ),
 )
 COMMANDS_BY_NAME: dict[str, CommandSpec[Any]] = {spec.name: spec for spec in COMMANDS}
@@ -185,28 +186,45 @@ def subscriptions(topics: Topics) -> list[str]:
 
 
 class CommandHandler:
-    """Applies commands through a `CameraControl` and keeps the state each camera is known to be in."""
+    """Checks commands, submits them through a `CameraControl`, and renders the cameras' state.
 
-    def __init__(self, config: Config, control: CameraControl | None = None) -> None:
+    It keeps no state of its own: `settings` (camera name -> owner) is where current values are read.
+    """
+
+    def __init__(
+        self, config: Config, settings: Mapping[str, CameraSettings], control: CameraControl | None = None
+    ) -> None:
         self._config = config
         self._topics = Topics(config.mqtt.prefix, config.mqtt.discovery_prefix)
+        self._settings = settings
         self.control = control
-        self._state: dict[tuple[str, str], Any] = {
-            (camera, spec.name): spec.initial(config, camera)
-            for camera in config.cameras
-            for spec in COMMANDS
-        }
 
-    def state(self, camera: str, name: str) -> Any:
-        return self._state.get((camera, name))
+    def _cameras(self) -> list[str]:
+        """Cameras commands may reach: configured ones that have a settings owner."""
+        return [camera for camera in self._config.cameras if camera in self._settings]
+
+    def state_messages(
+        self, camera: str, values: SettingsValues, specs: tuple[CommandSpec[Any], ...] = COMMANDS
+    ) -> list[Message]:
+        return [
+            retained(self._topics.state(camera, spec.name), spec.render(spec.current(values)))
+            for spec in specs
+        ]
 
     def initial_messages(self) -> list[Message]:
         """Retained `.../state` of every command on every camera (published at start and on reconnect)."""
         return [
-            retained(self._topics.state(camera, spec.name), spec.render(self._state[(camera, spec.name)]))
-            for camera in self._config.cameras
-            for spec in COMMANDS
+            message
+            for camera in self._cameras()
+            for message in self.state_messages(camera, self._settings[camera].values)
         ]
+
+    def state_changed(self, change: SettingsChange) -> list[Message]:
+        """The owner's observer: the new `.../state` of the commands whose fields changed."""
+        if change.camera not in self._config.cameras:
+            return []  # a camera added in the web UI has no MQTT commands
+        specs = tuple(spec for spec in COMMANDS if spec.fields & change.changed)
+        return self.state_messages(change.camera, change.values, specs)
 
     def handle(self, topic: str, payload: bytes) -> list[Message]:
         parsed = self._topics.parse_command(topic)
@@ -217,7 +235,7 @@ class CommandHandler:
         if spec is None:
             log.warning("MQTT command %s: unknown command %r", topic, name)
             return []
-        if camera not in self._config.cameras:
+        if camera not in self._cameras():
             log.warning("MQTT command %s: unknown camera %r", topic, camera)
             return []
         try:
@@ -237,10 +255,9 @@ class CommandHandler:
         except UnicodeDecodeError:
             raise CommandError("payload is not UTF-8 text") from None
         value = spec.parse(text)
-        key = (camera, spec.name)
-        current = self._state[key]
-        state_topic = self._topics.state(camera, spec.name)
-        reason = spec.guard(self._config, camera, current, value)
+        owner = self._settings[camera]
+        version_before = owner.version
+        reason = spec.guard(self._config, owner.values, value)
         if reason is None and self.control is None:
             reason = "no camera control is available yet"
         if reason is None and not spec.apply(self.control, camera, value):  # type: ignore[arg-type]
@@ -248,10 +265,11 @@ class CommandHandler:
         if reason is not None:
             log.warning("MQTT command %s for camera %s refused: %s", spec.name, camera, reason)
             # Re-publish the state that stays in force so HA's switch/select snaps back.
-            return [retained(state_topic, spec.render(current))]
-        self._state[key] = value
+            return self.state_messages(camera, owner.values, (spec,))
         log.info("MQTT command %s for camera %s applied: %s", spec.name, camera, _preview(spec.render(value)))
-        return [retained(state_topic, spec.render(value))]
+        if owner.version == version_before:  # nothing changed, so no observer echoes: confirm the state
+            return self.state_messages(camera, owner.values, (spec,))
+        return []  # the owner told its observers; `state_changed` echoes the new state
 
 
 def _preview(text: str, limit: int = 60) -> str:

@@ -1,73 +1,61 @@
-"""`CameraControl` over the running camera pipelines: what MQTT commands reach.
+"""`CameraControl` over the cameras' settings owners: what MQTT commands reach.
 
-The privacy policy is enforced twice on purpose: `commands.py` refuses remote unmasking unless the config
-allows it, and this adapter refuses it again, so a future caller that skips the command table cannot
-turn masking off either.
+A command submits its change to the camera's `CameraSettings` (recorded as made by "mqtt"); the
+camera's worker applies it between frames, and every observer (the web view, the MQTT state echo)
+sees it. The privacy policy is enforced twice on purpose: `commands.py` refuses remote unmasking
+unless the config allows it, and this adapter refuses it again, so a future caller that skips the
+command table cannot turn masking off either.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
-from typing import Protocol
 
 from deid_sidecar.config import Config, Method, Zone
+from deid_sidecar.engine.settings import CameraSettings
 
 log = logging.getLogger(__name__)
 
-
-class Pipeline(Protocol):
-    """The part of `engine.live.CameraPipeline` this adapter uses."""
-
-    paused: bool  # stopped in the web UI (the privacy shutter): every frame masked whole
-
-    def set_method(self, method: Method) -> None: ...
-
-    def set_zones(self, zones: list[Zone], invert: bool | None = None) -> None: ...
-
-    def set_detection(self, enabled: bool) -> None: ...
-
-    def set_masking(self, enabled: bool) -> None: ...
+#: How changes made over MQTT are recorded by the settings owner.
+CHANGED_BY_MQTT = "mqtt"
 
 
-class PipelineControl:
-    """Implements `events.commands.CameraControl` on a dict of camera name -> pipeline."""
+class SettingsControl:
+    """Implements `events.commands.CameraControl` on a dict of camera name -> settings owner."""
 
-    def __init__(self, pipelines: Mapping[str, Pipeline], config: Config) -> None:
-        self._pipelines = pipelines
+    def __init__(self, settings: Mapping[str, CameraSettings], config: Config) -> None:
+        self._settings = settings
         self._config = config
 
     def set_privacy(self, camera: str, on: bool) -> bool:
-        pipeline = self._pipelines.get(camera)
-        if pipeline is None:
+        owner = self._settings.get(camera)
+        if owner is None:
             return False
         if not on and not self._config.mqtt.allow_remote_unmask:
             log.warning("%s: remote unmask refused (mqtt.allow_remote_unmask is false)", camera)
             return False
-        pipeline.set_masking(on)
+        owner.update(CHANGED_BY_MQTT, masking=on)
         return True
 
     def set_zones(self, camera: str, zones: list[Zone]) -> bool:
-        pipeline = self._pipelines.get(camera)
-        if pipeline is None:
+        owner = self._settings.get(camera)
+        if owner is None:
             return False
-        pipeline.set_zones(list(zones))
+        owner.update(CHANGED_BY_MQTT, zones=zones)
         return True
 
     def set_method(self, camera: str, method: Method) -> bool:
-        pipeline = self._pipelines.get(camera)
-        if pipeline is None:
+        owner = self._settings.get(camera)
+        if owner is None:
             return False
-        pipeline.set_method(method)  # the pipeline keeps its current zones
+        owner.update(CHANGED_BY_MQTT, method=method)  # the camera keeps its current zones
         return True
 
     def set_detection(self, camera: str, on: bool) -> bool:
-        pipeline = self._pipelines.get(camera)
-        if pipeline is None:
+        """Stores the wish. A camera stopped in the web UI stays masked whole: paused wins there."""
+        owner = self._settings.get(camera)
+        if owner is None:
             return False
-        if pipeline.paused and on:
-            # The shutter wins: detection back on would show the picture the UI's Stop hides.
-            log.warning("%s: detection/set ON refused: the camera is stopped in the web UI", camera)
-            return False
-        pipeline.set_detection(on)
+        owner.update(CHANGED_BY_MQTT, detection=on)
         return True

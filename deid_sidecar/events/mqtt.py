@@ -30,7 +30,7 @@ import logging
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 import paho.mqtt.client as mqtt
@@ -40,6 +40,7 @@ from deid_sidecar import __version__
 from deid_sidecar.config import Config
 from deid_sidecar.core.detections import Detections
 from deid_sidecar.core.redact import mask_secrets
+from deid_sidecar.engine.settings import CameraSettings, SettingsChange
 from deid_sidecar.events.commands import CameraControl, CommandHandler, subscriptions
 from deid_sidecar.events.discovery import discovery_messages, removal_messages, stale_device_removal
 from deid_sidecar.events.topics import OFFLINE, ONLINE, Message, Topics, retained
@@ -111,14 +112,32 @@ class Outbox:
 class MqttEvents:
     """FrameObserver that publishes events and Home Assistant discovery over MQTT."""
 
-    def __init__(self, config: Config, *, support_url: str | None = None) -> None:
+    def __init__(
+        self,
+        config: Config,
+        settings: Mapping[str, CameraSettings] | None = None,
+        *,
+        support_url: str | None = None,
+    ) -> None:
+        """`settings`: the cameras' settings owners (the app's); without them (MQTT on its own) the
+        cameras of `config` get owners here, as nothing else would own them."""
         self._config = config
         self._mqtt = config.mqtt
         self.topics = Topics(config.mqtt.prefix, config.mqtt.discovery_prefix)
         self._support_url = support_url
         self._tracker = EventTracker(config)
         self._tracker_lock = threading.Lock()
-        self._commands = CommandHandler(config)
+        self.settings: Mapping[str, CameraSettings] = (
+            settings
+            if settings is not None
+            else {
+                name: CameraSettings.from_camera(name, camera, config)
+                for name, camera in config.cameras.items()
+            }
+        )
+        self._commands = CommandHandler(config, self.settings)
+        for owner in self.settings.values():
+            owner.subscribe(self._on_settings_change)  # echo every change, from the web UI too
         self.outbox = Outbox(config.mqtt.queue_size)
         self._retained: dict[str, Message] = {}
         self._removed: set[str] = set()
@@ -165,6 +184,10 @@ class MqttEvents:
 
     def set_control(self, control: CameraControl) -> None:
         self._commands.control = control
+
+    def _on_settings_change(self, change: SettingsChange) -> None:
+        """Any thread (web, MQTT): the retained `.../state` of what changed, queued without blocking."""
+        self._enqueue(self._commands.state_changed(change))
 
     @property
     def connected(self) -> bool:

@@ -37,11 +37,12 @@ from deid_sidecar.config import (
 from deid_sidecar.core.detections import Label
 from deid_sidecar.core.redact import inline_password, mask_url
 from deid_sidecar.engine.live import CameraPipeline
+from deid_sidecar.engine.settings import CameraSettings, SettingsValues, StaleSettings
 from deid_sidecar.errors import ConfigError, UserError
 from deid_sidecar.sources.spec import SourceSpec, parse_source
 from deid_sidecar.web.auth import identity_of
 from deid_sidecar.web.configfile import save_settings
-from deid_sidecar.web.state import ApiError, CameraSettings, WebState, state_of
+from deid_sidecar.web.state import ApiError, WebState, state_of
 
 log = logging.getLogger(__name__)
 
@@ -169,7 +170,7 @@ async def stats(request: web.Request) -> web.Response:
 # --- changes ------------------------------------------------------------------------------------
 
 
-def masks_less(settings: CameraSettings, patch: CameraPatch) -> list[str]:
+def masks_less(settings: SettingsValues, patch: CameraPatch) -> list[str]:
     """What in `patch` would hide less than the camera hides now (empty: nothing)."""
     less = []
     if patch.protect is not None and not set(patch.protect) >= set(settings.protect):
@@ -189,37 +190,44 @@ def _check_detectors(config: Config, protect: Sequence[str]) -> None:
         raise ApiError(409, f"protect: {', '.join(disabled)} needs {needs} in the config")
 
 
+def changed_by(request: web.Request) -> str:
+    """How the settings owner records a change made through the web API."""
+    return f"web:{identity_of(request).user}"
+
+
+def _submit(settings: CameraSettings, by: str, checked_version: int, changes: dict[str, Any]) -> int:
+    """Submit changes checked against `checked_version`; 409 when the camera changed meanwhile."""
+    try:
+        return settings.update(by, if_version=checked_version, **changes)
+    except StaleSettings:
+        message = "the camera's settings changed meanwhile (another user or MQTT); reload and try again"
+        raise ApiError(409, message) from None
+
+
 async def patch_camera(request: web.Request) -> web.Response:
     state = state_of(request)
     name = request.match_info["name"]
-    pipeline, settings = state.pipeline(name), state.settings[name]
+    pipeline = state.pipeline(name)
     patch = await parse_body(request, CameraPatch)
-    user = identity_of(request).user
-    less = masks_less(settings, patch)
+    version, current = pipeline.settings.snapshot()
+    less = masks_less(current, patch)
     if less:
         require_admin(request, f"make a change that masks less ({'; '.join(less)})")
         for change in less:
-            state.record_audit(user, name, f"masks less: {change}")
+            state.record_audit(identity_of(request).user, name, f"masks less: {change}")
     if patch.protect is not None:
         _check_detectors(state.config, patch.protect)
-    if patch.method is not None:
-        pipeline.set_method(patch.method)
-        settings.method = patch.method
-    if patch.detection is not None:
-        settings.detection = patch.detection
-        if not pipeline.paused:
-            pipeline.set_detection(patch.detection)
-    if patch.protect is not None and sorted(patch.protect) != sorted(settings.protect):
-        # Loading models takes seconds: off the loop. The old detector keeps masking meanwhile.
+    by = changed_by(request)
+    changes = patch.model_dump(exclude_none=True, exclude={"protect"})
+    if changes:  # the camera's worker applies them before its next frame
+        version = _submit(pipeline.settings, by, version, changes)
+    if patch.protect is not None and sorted(patch.protect) != sorted(current.protect):
+        # Loading models takes seconds: off the loop. The old detector keeps masking meanwhile; the
+        # new one goes in only together with the protect it was built for.
         labels = {Label.parse(p) for p in patch.protect}
         detector = await in_executor(state.detector_factory, state.config, labels)
+        _submit(pipeline.settings, by, version, {"protect": list(patch.protect)})
         pipeline.set_detector(detector)
-        settings.protect = list(patch.protect)
-    if patch.fps is not None or patch.height is not None:
-        pipeline.apply_output(fps=patch.fps, height=patch.height)
-        settings.fps = patch.fps if patch.fps is not None else settings.fps
-        settings.height = patch.height if patch.height is not None else settings.height
-    log.info("%s: settings changed by %s: %s", name, user, patch.model_dump(exclude_none=True))
     return web.json_response(state.camera_json(name))
 
 
@@ -231,14 +239,14 @@ async def start_camera(request: web.Request) -> web.Response:
     if pipeline.paused:
         require_admin(request, "start a stopped camera (it shows more)")
         state.record_audit(identity_of(request).user, name, "masks less: started (shutter lifted)")
-    pipeline.resume(detection=state.settings[name].detection)
+    pipeline.resume(by=changed_by(request))  # detection as last set (web or MQTT) applies again
     return web.json_response(state.camera_json(name))
 
 
 async def stop_camera(request: web.Request) -> web.Response:
     state = state_of(request)
     name = request.match_info["name"]
-    state.pipeline(name).pause()
+    state.pipeline(name).pause(by=changed_by(request))
     return web.json_response(state.camera_json(name))
 
 
@@ -250,7 +258,7 @@ async def delete_camera(request: web.Request) -> web.Response:
     require_admin(request, "remove cameras")
     if name not in state.added:
         raise ApiError(409, f"camera {name!r} is defined in the config file: remove it there")
-    del state.pipelines[name], state.settings[name]
+    del state.pipelines[name]
     state.hubs.pop(pipeline.output, None)
     state.previews.pop(name, None)
     state.added.discard(name)
@@ -379,9 +387,7 @@ async def add_camera(request: web.Request) -> web.Response:
     pipeline = await in_executor(CameraPipeline, body.name, camera, state.config)
     state.pipelines[body.name] = pipeline
     state.hubs[pipeline.output] = pipeline.hub
-    settings = CameraSettings.from_camera(camera, state.config)
-    settings.raw_source = body.source
-    state.settings[body.name] = settings
+    pipeline.settings.update(changed_by(request), raw_source=body.source)  # saved as typed
     state.added.add(body.name)
     await in_executor(pipeline.start)
     # Until its detector is loaded the new camera masks whole frames (fail closed).
@@ -424,7 +430,8 @@ async def save_config(request: web.Request) -> web.Response:
     if state.config_path is None:
         raise ApiError(409, "the server was started without a config file (run -c FILE) to save into")
     try:
-        changed = await in_executor(save_settings, state.config_path, state.config, state.settings)
+        current = {name: pipeline.settings.values for name, pipeline in state.pipelines.items()}
+        changed = await in_executor(save_settings, state.config_path, state.config, current)
     except ConfigError as exc:
         raise ApiError(422, f"not saved: {mask_url(str(exc))}") from None
     return web.json_response({"saved": state.config_path.name, "cameras": changed})

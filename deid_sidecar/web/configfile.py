@@ -18,16 +18,16 @@ from typing import Any
 import yaml
 
 from deid_sidecar.config import Config, load_config_text, preflight
+from deid_sidecar.engine.settings import SettingsValues
 from deid_sidecar.errors import ConfigError
-from deid_sidecar.web.state import CameraSettings
 
 
-def _camera_changes(name: str, settings: CameraSettings, config: Config) -> dict[str, Any]:
+def _camera_changes(name: str, settings: SettingsValues, config: Config) -> dict[str, Any]:
     """Keys of `cameras.<name>` whose runtime value differs from the loaded config."""
     if settings.raw_source is not None:  # added at runtime: the whole entry
         return {
             "source": settings.raw_source,
-            "protect": settings.protect,
+            "protect": list(settings.protect),
             "method": settings.method.value,
             "output": {"fps": settings.fps, **({"height": settings.height} if settings.height else {})},
         }
@@ -44,6 +44,8 @@ def _camera_changes(name: str, settings: CameraSettings, config: Config) -> dict
         output["height"] = settings.height
     if output:
         changes["output"] = output
+    if list(settings.zones) != list(camera.zones):  # changed over MQTT
+        changes["zones"] = [zone.model_dump(mode="json") for zone in settings.zones]
     return changes
 
 
@@ -55,7 +57,7 @@ def _merge(entry: dict[str, Any], changes: dict[str, Any]) -> None:
             entry[key] = value
 
 
-def save_settings(path: Path, config: Config, settings: Mapping[str, CameraSettings]) -> list[str]:
+def save_settings(path: Path, config: Config, settings: Mapping[str, SettingsValues]) -> list[str]:
     """Update `path` in place (blocking: run in an executor); returns the cameras whose entry changed."""
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}

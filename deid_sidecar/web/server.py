@@ -27,7 +27,7 @@ from deid_sidecar.engine.live import CameraPipeline
 from deid_sidecar.jobs import DetectorFactory, JobError, JobManager
 from deid_sidecar.outputs.http_ts import stream_routes
 from deid_sidecar.web import auth, cameras, metrics, pages, uploads
-from deid_sidecar.web.state import STATE_KEY, ApiError, CameraSettings, WebState
+from deid_sidecar.web.state import STATE_KEY, ApiError, WebState
 
 log = logging.getLogger(__name__)
 
@@ -190,7 +190,6 @@ def build_app(
         config_path=config_path,
         pipelines=dict(pipelines),
         hubs={p.output: p.hub for p in pipelines.values()},
-        settings={n: CameraSettings.from_camera(p.camera, config) for n, p in pipelines.items()},
         jobs=JobManager(config, factory, jobs_dir, job_limit, job_ttl_s),
         auth=access,
         detector_factory=factory,

@@ -1,4 +1,8 @@
-"""What the web handlers share: the cameras, their runtime settings, jobs, auth and options."""
+"""What the web handlers share: the cameras, jobs, auth and options.
+
+A camera's runtime settings are not kept here: its pipeline's `settings` owns them (MQTT changes them
+too), and the web view reads them from there.
+"""
 
 from __future__ import annotations
 
@@ -12,9 +16,10 @@ from typing import Any
 
 from aiohttp import web
 
-from deid_sidecar.config import CameraConfig, Config, Method
+from deid_sidecar.config import Config
 from deid_sidecar.core.redact import mask_url
 from deid_sidecar.engine.live import CameraPipeline
+from deid_sidecar.engine.settings import CameraSettings
 from deid_sidecar.jobs import DetectorFactory, JobManager
 from deid_sidecar.outputs.http_ts import StreamHub
 from deid_sidecar.web.auth import Auth
@@ -27,33 +32,11 @@ AUDIT_KEEP = 1000
 
 
 @dataclass
-class CameraSettings:
-    """A camera's settings as changed at runtime (the pipeline applies them; the config save writes them)."""
-
-    method: Method
-    protect: list[str]
-    detection: bool = True
-    fps: float = 15.0
-    height: int | None = None
-    raw_source: str | None = None  # set for cameras added at runtime: the source as typed (${ENV} kept)
-
-    @classmethod
-    def from_camera(cls, camera: CameraConfig, config: Config) -> CameraSettings:
-        return cls(
-            method=camera.method or config.anonymize.method,
-            protect=list(camera.protect),
-            fps=camera.output.fps,
-            height=camera.output.height,
-        )
-
-
-@dataclass
 class WebState:
     config: Config
     config_path: Path | None
     pipelines: dict[str, CameraPipeline]
     hubs: dict[str, StreamHub]
-    settings: dict[str, CameraSettings]
     jobs: JobManager
     auth: Auth
     detector_factory: DetectorFactory
@@ -71,6 +54,10 @@ class WebState:
             raise ApiError(404, f"unknown camera {name!r}")
         return pipeline
 
+    def settings(self, name: str) -> CameraSettings:
+        """The owner of the camera's runtime settings (404 for an unknown camera)."""
+        return self.pipeline(name).settings
+
     def preview(self, name: str) -> CameraPreview:
         self.pipeline(name)
         return self.previews.setdefault(name, CameraPreview(self.preview_viewers))
@@ -82,17 +69,18 @@ class WebState:
         log.warning("PRIVACY AUDIT %s: %s by %s", camera, event, user)
 
     def camera_json(self, name: str) -> dict[str, Any]:
-        pipeline, settings = self.pipeline(name), self.settings[name]
+        pipeline = self.pipeline(name)
+        settings = pipeline.settings.values
         stats = pipeline.stats.snapshot()
         stats = {k: mask_url(v) if isinstance(v, str) else v for k, v in stats.items()}
         return {
             "name": name,
             "output": pipeline.output,
             "source": pipeline.spec.display,
-            "state": "paused" if pipeline.paused else stats.get("state"),
-            "paused": pipeline.paused,
+            "state": "paused" if settings.paused else stats.get("state"),
+            "paused": settings.paused,
             "method": settings.method.value,
-            "protect": settings.protect,
+            "protect": list(settings.protect),
             "detection": settings.detection,
             "fps": settings.fps,
             "height": settings.height,
