@@ -476,8 +476,8 @@ class CameraPipeline:
             self.clock.set_fps(new.fps)
             self._replace_encoder()
         if new.height is not None and new.height != self.reader.target_height:
+            # The reader scales to it; the first frame at the new size replaces the encoder (_encoder_for).
             self.reader.target_height = new.height
-            self._replace_encoder()
         log.info("%s: output now %.0f fps, height %s", self.name, self.fps, self.reader.target_height)
 
     def _replace_encoder(self) -> None:

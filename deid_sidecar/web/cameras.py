@@ -213,8 +213,6 @@ async def patch_camera(request: web.Request) -> web.Response:
     less = masks_less(current, patch)
     if less:
         require_admin(request, f"make a change that masks less ({'; '.join(less)})")
-        for change in less:
-            state.record_audit(identity_of(request).user, name, f"masks less: {change}")
     if patch.protect is not None:
         _check_detectors(state.config, patch.protect)
     by = changed_by(request)
@@ -228,6 +226,8 @@ async def patch_camera(request: web.Request) -> web.Response:
         detector = await in_executor(state.detector_factory, state.config, labels)
         _submit(pipeline.settings, by, version, {"protect": list(patch.protect)})
         pipeline.set_detector(detector)
+    for change in less:  # recorded once made: a refused change (409) is no unmasking
+        state.record_audit(identity_of(request).user, name, f"masks less: {change}")
     return web.json_response(state.camera_json(name))
 
 
