@@ -170,16 +170,12 @@ class FrameReader:
     def _mask(self, text: str) -> str:
         """`text` with the source's credentials masked in whatever form FFmpeg printed the URL.
 
-        The exact URL becomes its display form; `mask_secrets` then masks any other userinfo and
-        query value, and the password itself, as written and percent-decoded (an error may print either).
-        The password goes first: a decoded one with a `/` would otherwise be cut by the userinfo mask
-        (`rtsp://***@ss/w0rd@host`) before the literal could match, and its tail would stay.
+        The exact URL becomes its display form; `mask_secrets` then masks the password itself, as
+        written and percent-decoded (an error may print either), before any other userinfo and
+        query value.
         """
-        passwords = _url_passwords(self.spec.url)
         text = text.replace(self.spec.url, self.spec.display)
-        for password in passwords:
-            text = text.replace(password, "***")
-        return mask_secrets(text, *passwords)
+        return mask_secrets(text, *_url_passwords(self.spec.url))
 
     def _frames(self) -> Iterator[Frame]:
         container = av.open(
