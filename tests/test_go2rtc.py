@@ -17,16 +17,9 @@ from pydantic import SecretStr
 
 from deid_sidecar.config import parse_config
 from deid_sidecar.core.redact import mask_secrets, mask_url
-from deid_sidecar.outputs import go2rtc
-from deid_sidecar.outputs.go2rtc import (
-    FrigateGo2rtcClient,
-    Go2rtcClient,
-    Go2rtcError,
-    Registrar,
-    registrar_for,
-    registration_sources,
-    render_yaml_snippets,
-)
+from deid_sidecar.outputs import go2rtc, go2rtc_api, retry
+from deid_sidecar.outputs.go2rtc import Registrar, registrar_for, registration_sources, render_yaml_snippets
+from deid_sidecar.outputs.go2rtc_api import FrigateGo2rtcClient, Go2rtcClient, Go2rtcError
 
 SRC = "http://deid-sidecar:8080/streams/front_anon.ts"
 Scenario = Callable[[Go2rtcStandin, aiohttp.ClientSession], Awaitable[None]]
@@ -60,8 +53,8 @@ async def eventually(condition: Callable[[], bool], seconds: float = 5.0) -> Non
 
 @pytest.fixture(autouse=True)
 def fast_backoff(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(go2rtc, "BACKOFF_S", (0.05, 0.05, 0.1))
-    monkeypatch.setattr(go2rtc, "REQUEST_TIMEOUT_S", 2.0)
+    monkeypatch.setattr(retry, "BACKOFF_S", (0.05, 0.05, 0.1))
+    monkeypatch.setattr(go2rtc_api, "REQUEST_TIMEOUT_S", 2.0)
 
 
 # --- the stand-in behaves as observed on go2rtc 1.9.14 --------------------------------------------
@@ -146,7 +139,7 @@ def test_refusal_quotes_go2rtc() -> None:
 def test_config_file_disabled_is_applied_not_persisted(caplog: pytest.LogCaptureFixture) -> None:
     async def scenario(standin: Go2rtcStandin, session: aiohttp.ClientSession) -> None:
         client = Go2rtcClient(standin.url, None, None, session)
-        with caplog.at_level(logging.WARNING, logger=go2rtc.__name__):
+        with caplog.at_level(logging.WARNING, logger=go2rtc_api.__name__):
             assert await client.put_stream("front_anon", [SRC]) == "not_persisted"
             assert await client.put_stream("back_anon", [SRC]) == "not_persisted"
         assert set(standin.streams) == {"front_anon", "back_anon"} and standin.file == {}
@@ -221,6 +214,26 @@ def test_registrar_registers_and_repairs_after_restart() -> None:
         await registrar.close(remove=True)
         await asyncio.wait_for(task, 2)  # the loop exits after close
         assert standin.streams == {} and standin.file == {}
+
+    with_standin(scenario)
+
+
+def test_a_stream_added_while_running_is_registered_at_once_and_a_removed_one_deleted() -> None:
+    async def scenario(standin: Go2rtcStandin, session: aiohttp.ClientSession) -> None:
+        front = {"front_anon": [SRC]}
+        registrar = Registrar(Go2rtcClient(standin.url, None, None, session), front, interval_s=60)
+        task = asyncio.create_task(registrar.run())
+        await eventually(lambda: standin.streams == front)
+        yard = SRC.replace("front", "yard")
+        registrar.add("yard_anon", [yard])  # a camera added in the web UI
+        await eventually(lambda: standin.streams.get("yard_anon") == [yard], 2.0)  # not after 60 s
+        await registrar.remove("yard_anon")
+        assert standin.streams == front and "yard_anon" not in standin.file
+        standin.restart(keep_file=False)
+        registrar.wake()
+        await eventually(lambda: standin.streams == front, 2.0)  # the removed one stays removed
+        await registrar.close(remove=False)
+        await asyncio.wait_for(task, 2)
 
     with_standin(scenario)
 

@@ -18,9 +18,9 @@ from go2rtc_standin import Go2rtcStandin
 from pydantic import SecretStr
 
 from deid_sidecar.config import parse_config
-from deid_sidecar.outputs import go2rtc, push
+from deid_sidecar.outputs import push, retry
 from deid_sidecar.outputs.encoder import H264Encoder
-from deid_sidecar.outputs.go2rtc import Go2rtcClient
+from deid_sidecar.outputs.go2rtc_api import Go2rtcClient
 from deid_sidecar.outputs.http_ts import StreamHub
 from deid_sidecar.outputs.push import Pusher, pushers_for
 
@@ -29,7 +29,7 @@ HINT_URL = "http://deid-sidecar:8080/streams/front_anon.ts"
 
 @pytest.fixture(autouse=True)
 def fast_retries(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(go2rtc, "BACKOFF_S", (0.05, 0.1))
+    monkeypatch.setattr(retry, "BACKOFF_S", (0.05, 0.1))
     monkeypatch.setattr(push, "RETRY_AFTER_S", 0.2)
 
 

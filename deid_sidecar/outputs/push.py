@@ -10,8 +10,6 @@ RTSP publish is not implemented: `output.push: rtsp` uses this HTTP push too.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator, Mapping
@@ -21,15 +19,17 @@ from typing import Any
 import aiohttp
 from yarl import URL
 
-from deid_sidecar.config import Config, output_name
-from deid_sidecar.outputs import go2rtc
-from deid_sidecar.outputs.go2rtc import Go2rtcClient, Go2rtcError, encode_query
+from deid_sidecar.config import CameraConfig, Config, output_name
+from deid_sidecar.outputs import retry
+from deid_sidecar.outputs.go2rtc import stream_url
+from deid_sidecar.outputs.go2rtc_api import Go2rtcClient, Go2rtcError, encode_query
 from deid_sidecar.outputs.http_ts import StreamHub, StreamReader
+from deid_sidecar.outputs.retry import RetryLoop
 
 log = logging.getLogger(__name__)
 
 RETRY_AFTER_S = 30.0
-"""Wait after the stepped backoff (go2rtc.BACKOFF_S) is used up, and while the stream is not declared."""
+"""Wait after the stepped backoff (retry.BACKOFF_S) is used up, and while the stream is not declared."""
 CONNECT_TIMEOUT_S = 10.0
 
 
@@ -59,38 +59,31 @@ class PushStatus:
         }
 
 
-class Pusher:
+class Pusher(RetryLoop):
     """Keeps one `POST /api/stream.ts?dst=<name>` running for one hub."""
 
     def __init__(
         self, client: Go2rtcClient, hub: StreamHub, name: str, hint_url: str, session: aiohttp.ClientSession
     ) -> None:
+        super().__init__()
         self.client, self.hub, self.name, self._session = client, hub, name, session
         self.hint_url = hint_url  # the pull URL, quoted in the "not declared" hint
         self.status = PushStatus()
-        self._generation = 0
-        self._wake = asyncio.Event()
         self._reader: StreamReader | None = None
 
-    async def run(self) -> None:
-        """Push until `close()`; never raises for go2rtc trouble."""
-        self._generation += 1
-        generation, failures = self._generation, 0
-        while generation == self._generation:
-            try:
-                await self._push_once()
-                failures = 0  # it ran: the next attempt starts the backoff again
-                delay = go2rtc.BACKOFF_S[0]
-            except _NotDeclared as exc:
-                self._record_error(str(exc), logging.ERROR if failures == 0 else logging.DEBUG)
-                failures += 1
-                delay = RETRY_AFTER_S
-            except (Go2rtcError, aiohttp.ClientError, OSError, TimeoutError) as exc:
-                failures += 1
-                self._record_error(f"push to {self.client.describe} failed: {exc}", logging.WARNING)
-                steps = go2rtc.BACKOFF_S
-                delay = steps[failures - 1] if failures <= len(steps) else RETRY_AFTER_S
-            await self._sleep(delay, generation)
+    async def attempt(self) -> float:
+        """One push, until it ends; never raises for go2rtc trouble."""
+        try:
+            await self._push_once()
+        except _NotDeclared as exc:
+            self._record_error(str(exc), logging.ERROR if self.failures == 0 else logging.DEBUG)
+            self.failed(settle_s=RETRY_AFTER_S)
+            return RETRY_AFTER_S
+        except (Go2rtcError, aiohttp.ClientError, OSError, TimeoutError) as exc:
+            self._record_error(f"push to {self.client.describe} failed: {exc}", logging.WARNING)
+            return self.failed(settle_s=RETRY_AFTER_S)
+        self.succeeded()  # it ran: the next attempt starts the backoff again
+        return retry.BACKOFF_S[0]
 
     async def _push_once(self) -> None:
         if await self.client.get_stream(self.name) is None:
@@ -123,17 +116,9 @@ class Pusher:
         self.status.last_error = self.client.mask(message)
         log.log(level, "%s: %s", self.name, self.status.last_error)
 
-    async def _sleep(self, seconds: float, generation: int) -> None:
-        if generation != self._generation:
-            return
-        self._wake.clear()
-        with contextlib.suppress(TimeoutError):  # the normal case: the wait is over
-            await asyncio.wait_for(self._wake.wait(), seconds)
-
     async def close(self) -> None:
         """Stop: ends the running POST body and the retry loop."""
-        self._generation += 1
-        self._wake.set()
+        self.stop()
         if self._reader is not None:
             self.hub.unsubscribe(self._reader)
 
@@ -142,17 +127,25 @@ class _NotDeclared(Go2rtcError):
     """The target stream does not exist in go2rtc: a push would be refused."""
 
 
+def pusher_for(
+    config: Config, output: str, camera: CameraConfig, hub: StreamHub, session: aiohttp.ClientSession
+) -> Pusher | None:
+    """The Pusher of a camera with `output.push: http`; None for a camera go2rtc pulls."""
+    if camera.output.push == "none":
+        return None
+    g = config.go2rtc
+    client = Go2rtcClient(g.url, g.username, g.password, session)
+    hint_url = stream_url(config, output, token="")  # never the token itself in a message
+    return Pusher(client, hub, output, hint_url, session)
+
+
 def pushers_for(
     config: Config, hubs: Mapping[str, StreamHub], session: aiohttp.ClientSession
 ) -> list[Pusher]:
     """One Pusher per enabled camera with `output.push: http`."""
-    g = config.go2rtc
-    client = Go2rtcClient(g.url, g.username, g.password, session)
     pushers = []
     for cam_name, cam in config.cameras.items():
         out = output_name(cam_name, cam)
-        if not cam.enabled or cam.output.push == "none" or out not in hubs:
-            continue
-        hint_url = go2rtc.stream_url(config, out, token="")  # never the token itself in a message
-        pushers.append(Pusher(client, hubs[out], out, hint_url, session))
+        if cam.enabled and out in hubs and (pusher := pusher_for(config, out, cam, hubs[out], session)):
+            pushers.append(pusher)
     return pushers
