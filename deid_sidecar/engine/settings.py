@@ -110,6 +110,11 @@ class CameraSettings:
         with self._lock:
             self._observers.append(observer)
 
+    def unsubscribe(self, observer: SettingsObserver) -> None:
+        with self._lock:
+            if observer in self._observers:
+                self._observers.remove(observer)
+
     def update(self, by: str, *, if_version: int | None = None, **changes: Any) -> int:
         """Submit changes (field=value) and return the version now in force. `by` names who asked.
 

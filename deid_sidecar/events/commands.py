@@ -200,8 +200,8 @@ class CommandHandler:
         self.control = control
 
     def _cameras(self) -> list[str]:
-        """Cameras commands may reach: configured ones that have a settings owner."""
-        return [camera for camera in self._config.cameras if camera in self._settings]
+        """Cameras commands may reach: those with a settings owner (configured or added at runtime)."""
+        return list(self._settings)  # a copy: cameras may be added from the event loop meanwhile
 
     def state_messages(
         self, camera: str, values: SettingsValues, specs: tuple[CommandSpec[Any], ...] = COMMANDS
@@ -216,13 +216,14 @@ class CommandHandler:
         return [
             message
             for camera in self._cameras()
-            for message in self.state_messages(camera, self._settings[camera].values)
+            if (owner := self._settings.get(camera)) is not None
+            for message in self.state_messages(camera, owner.values)
         ]
 
     def state_changed(self, change: SettingsChange) -> list[Message]:
         """The owner's observer: the new `.../state` of the commands whose fields changed."""
-        if change.camera not in self._config.cameras:
-            return []  # a camera added in the web UI has no MQTT commands
+        if change.camera not in self._settings:
+            return []  # a camera removed meanwhile
         specs = tuple(spec for spec in COMMANDS if spec.fields & change.changed)
         return self.state_messages(change.camera, change.values, specs)
 
@@ -255,7 +256,9 @@ class CommandHandler:
         except UnicodeDecodeError:
             raise CommandError("payload is not UTF-8 text") from None
         value = spec.parse(text)
-        owner = self._settings[camera]
+        owner = self._settings.get(camera)
+        if owner is None:
+            raise CommandError(f"camera {camera!r} was removed")
         version_before = owner.version
         reason = spec.guard(self._config, owner.values, value)
         if reason is None and self.control is None:

@@ -10,12 +10,12 @@ whole device (`removal_messages`).
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from deid_sidecar import __version__
-from deid_sidecar.config import Config, Method
+from deid_sidecar.config import CameraConfig, Config, Method
 from deid_sidecar.events.topics import OFFLINE, ONLINE, Message, Topics, retained, safe_id
 
 ORIGIN_NAME = "deid-sidecar"
@@ -52,12 +52,17 @@ def _dumps(value: Any) -> str:
 
 
 def device_payload(
-    config: Config, camera: str, *, version: str = __version__, support_url: str | None = None
+    config: Config,
+    camera: str,
+    *,
+    camera_config: CameraConfig | None = None,
+    version: str = __version__,
+    support_url: str | None = None,
 ) -> dict[str, Any]:
-    """The device discovery payload of one camera."""
+    """The device discovery payload of one camera (`camera_config`: one not in `config`, added at runtime)."""
     topics = Topics(config.mqtt.prefix, config.mqtt.discovery_prefix)
     device_id = topics.device_id(camera)
-    cam = config.cameras.get(camera)
+    cam = camera_config or config.cameras.get(camera)
     protect = list(cam.protect) if cam is not None else ["face", "license_plate"]
 
     def uid(key: str) -> str:
@@ -191,27 +196,31 @@ def device_payload(
 
 def discovery_messages(
     config: Config,
-    cameras: Iterable[str] | None = None,
+    cameras: Mapping[str, CameraConfig] | None = None,
     *,
     version: str = __version__,
     support_url: str | None = None,
 ) -> list[Message]:
+    """The retained discovery config of each camera (default: the config's cameras)."""
     topics = Topics(config.mqtt.prefix, config.mqtt.discovery_prefix)
-    names = list(config.cameras) if cameras is None else list(cameras)
+    cams = config.cameras if cameras is None else cameras
     return [
         retained(
-            topics.discovery(camera),
-            _dumps(device_payload(config, camera, version=version, support_url=support_url)),
+            topics.discovery(name),
+            _dumps(device_payload(config, name, camera_config=cam, version=version, support_url=support_url)),
         )
-        for camera in names
+        for name, cam in cams.items()
     ]
 
 
-def stale_device_removal(config: Config, topic: str, payload: bytes) -> Message | None:
+def stale_device_removal(
+    config: Config, topic: str, payload: bytes, cameras: Iterable[str] | None = None
+) -> Message | None:
     """The removal for a retained discovery config that this sidecar published for a camera it no
-    longer has; None for current cameras, other publishers' devices and anything unparsable."""
+    longer has (`cameras`: the current ones, default the config's); None for current cameras, other
+    publishers' devices and anything unparsable."""
     topics = Topics(config.mqtt.prefix, config.mqtt.discovery_prefix)
-    current = {topics.discovery(camera) for camera in config.cameras}
+    current = {topics.discovery(camera) for camera in (config.cameras if cameras is None else cameras)}
     ours = f"{config.mqtt.discovery_prefix}/device/{safe_id(config.mqtt.prefix)}_"
     if not payload or topic in current or not topic.startswith(ours) or not topic.endswith("/config"):
         return None

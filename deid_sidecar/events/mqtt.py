@@ -37,7 +37,7 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
 from deid_sidecar import __version__
-from deid_sidecar.config import Config
+from deid_sidecar.config import CameraConfig, Config
 from deid_sidecar.core.detections import Detections
 from deid_sidecar.core.redact import mask_secrets
 from deid_sidecar.engine.settings import CameraSettings, SettingsChange
@@ -127,14 +127,12 @@ class MqttEvents:
         self._support_url = support_url
         self._tracker = EventTracker(config)
         self._tracker_lock = threading.Lock()
-        self.settings: Mapping[str, CameraSettings] = (
-            settings
-            if settings is not None
-            else {
-                name: CameraSettings.from_camera(name, camera, config)
-                for name, camera in config.cameras.items()
-            }
-        )
+        # The cameras this connection speaks for: the config's, then those added and removed at runtime.
+        # Changed on the event loop, read by paho's and the publisher thread: `_cameras_lock`.
+        self._cameras_lock = threading.Lock()
+        self._cameras: dict[str, CameraConfig] = dict(config.cameras)
+        owners = settings if settings is not None else self._own_settings(config)
+        self.settings: dict[str, CameraSettings] = dict(owners)
         self._commands = CommandHandler(config, self.settings)
         for owner in self.settings.values():
             owner.subscribe(self._on_settings_change)  # echo every change, from the web UI too
@@ -148,6 +146,11 @@ class MqttEvents:
         self._thread: threading.Thread | None = None
         self.connects = 0
         self._secrets = [s for s in self._secret_values() if s]
+
+    @staticmethod
+    def _own_settings(config: Config) -> dict[str, CameraSettings]:
+        """MQTT on its own: nothing else owns the cameras' settings, so they are made here."""
+        return {name: CameraSettings.from_camera(name, cam, config) for name, cam in config.cameras.items()}
 
     # -- FrameObserver --------------------------------------------------------------------------------
 
@@ -206,9 +209,34 @@ class MqttEvents:
             "dropped": self.outbox.dropped,
         }
 
+    def add_camera(self, name: str, camera: CameraConfig, owner: CameraSettings) -> None:
+        """Speak for a camera added at runtime: its HA device, commands and state, like a configured one."""
+        with self._cameras_lock:
+            self._cameras[name] = camera
+            self.settings[name] = owner
+        self._removed.discard(name)
+        owner.subscribe(self._on_settings_change)
+        if self._client is None:
+            return  # `start()` publishes its state, and every (re)connect its discovery
+        messages = self._commands.state_messages(name, owner.values)
+        if self._mqtt.discovery:
+            messages = (
+                discovery_messages(
+                    self._config, {name: camera}, version=__version__, support_url=self._support_url
+                )
+                + messages
+            )
+        self._enqueue(messages)
+
     def remove_cameras(self, cameras: Iterable[str]) -> None:
         """Delete the cameras' HA devices and clear their retained state."""
         names = list(cameras)
+        with self._cameras_lock:
+            for camera in names:
+                self._cameras.pop(camera, None)
+                owner = self.settings.pop(camera, None)
+                if owner is not None:
+                    owner.unsubscribe(self._on_settings_change)
         messages = removal_messages(self._config, names)
         for camera in names:
             self._removed.add(camera)
@@ -318,7 +346,8 @@ class MqttEvents:
     def _resync_messages(self) -> list[Message]:
         messages = [retained(self.topics.available, ONLINE)]
         if self._mqtt.discovery:
-            cameras = [c for c in self._config.cameras if c not in self._removed]
+            with self._cameras_lock:
+                cameras = {n: c for n, c in self._cameras.items() if n not in self._removed}
             messages += discovery_messages(
                 self._config, cameras, version=__version__, support_url=self._support_url
             )
@@ -360,7 +389,9 @@ class MqttEvents:
     def _on_message(self, client: Any, userdata: Any, message: Any) -> None:
         topic: str = message.topic
         if mqtt.topic_matches_sub(self._stale_filter, topic):
-            removal = stale_device_removal(self._config, topic, bytes(message.payload))
+            with self._cameras_lock:
+                current = list(self._cameras)
+            removal = stale_device_removal(self._config, topic, bytes(message.payload), current)
             if removal is not None:
                 log.info(
                     "MQTT: removing the Home Assistant device of a camera no longer configured: %s", topic
