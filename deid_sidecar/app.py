@@ -18,11 +18,13 @@ import aiohttp
 from aiohttp import web
 
 from deid_sidecar.config import Config
-from deid_sidecar.core.detections import Label
+from deid_sidecar.engine.fleet import CameraFleet
 from deid_sidecar.engine.live import CameraPipeline
-from deid_sidecar.engine.observer import FrameObserver
-from deid_sidecar.engine.settings import CameraSettings
 from deid_sidecar.errors import UserError
+from deid_sidecar.events.control import SettingsControl
+from deid_sidecar.events.mqtt import MqttEvents
+from deid_sidecar.outputs.go2rtc import Registrar, registrar_for, stream_url
+from deid_sidecar.outputs.push import Pusher, pusher_for
 from deid_sidecar.web.auth import WebUser
 from deid_sidecar.web.server import build_app
 
@@ -36,24 +38,6 @@ def _secret(value: Any) -> str | None:
     return value.get_secret_value() if value is not None else None
 
 
-def build_settings(config: Config) -> dict[str, CameraSettings]:
-    """The one owner of each enabled camera's runtime settings (shared by pipeline, web and MQTT)."""
-    return {
-        name: CameraSettings.from_camera(name, camera, config)
-        for name, camera in config.cameras.items()
-        if camera.enabled
-    }
-
-
-def build_pipelines(
-    config: Config, observer: FrameObserver | None, settings: dict[str, CameraSettings]
-) -> dict[str, CameraPipeline]:
-    return {
-        name: CameraPipeline(name, config.cameras[name], config, observer=observer, settings=owner)
-        for name, owner in settings.items()
-    }
-
-
 def check_models(config: Config) -> None:
     """Fail at start-up, with the fetch command, when a model the cameras need is missing."""
     from deid_sidecar.models.registry import model_path
@@ -63,20 +47,6 @@ def check_models(config: Config) -> None:
         detector = getattr(config.detection, kind)
         if detector.enabled:
             model_path(Path(config.models_dir), detector.model)
-
-
-def _load_detectors(config: Config, pipelines: dict[str, CameraPipeline]) -> None:
-    """Runs in a worker thread: model loading takes seconds and must not delay the streams."""
-    from deid_sidecar.detect.detector import build_detector
-
-    for name, pipeline in pipelines.items():
-        labels = {Label.parse(kind) for kind in config.cameras[name].protect}
-        try:
-            pipeline.set_detector(build_detector(config, labels))
-        except Exception:  # the camera stays fail-closed (whole frames masked), and says why
-            log.exception("%s: detector could not be loaded; every frame stays masked whole", name)
-            continue
-        log.info("%s: detector ready (%s)", name, ", ".join(sorted(label.key for label in labels)))
 
 
 #: Seconds before a background task that failed (go2rtc registrar, a pusher) is started again.
@@ -101,28 +71,105 @@ def supervise(name: str, run: Callable[[], Awaitable[None]]) -> asyncio.Task[Non
     return asyncio.create_task(supervisor(), name=name)
 
 
+class Go2rtcWiring:
+    """Every running camera's output is registered in go2rtc; a removed camera's is deleted again."""
+
+    def __init__(self, config: Config, registrar: Registrar) -> None:
+        self.config, self.registrar = config, registrar
+
+    def camera_added(self, pipeline: CameraPipeline) -> None:
+        self.registrar.add(pipeline.output, [stream_url(self.config, pipeline.output)])
+
+    async def camera_removed(self, pipeline: CameraPipeline) -> None:
+        await self.registrar.remove(pipeline.output)
+
+
+class MqttWiring:
+    """Every running camera has its Home Assistant device, events, commands and state."""
+
+    def __init__(self, events: MqttEvents) -> None:
+        self.events = events
+
+    def camera_added(self, pipeline: CameraPipeline) -> None:
+        self.events.add_camera(pipeline.name, pipeline.camera, pipeline.settings)
+
+    async def camera_removed(self, pipeline: CameraPipeline) -> None:
+        self.events.remove_cameras([pipeline.name])
+
+
+class PushWiring:
+    """Cameras with `output.push: http` push into go2rtc, each from its own supervised task."""
+
+    def __init__(self, config: Config, session: aiohttp.ClientSession) -> None:
+        self.config, self.session = config, session
+        self.pushers: dict[str, tuple[Pusher, asyncio.Task[None]]] = {}
+
+    def camera_added(self, pipeline: CameraPipeline) -> None:
+        pusher = pusher_for(self.config, pipeline.output, pipeline.camera, pipeline.hub, self.session)
+        if pusher is not None:
+            self.pushers[pipeline.name] = (pusher, supervise(f"push-{pusher.name}", pusher.run))
+
+    async def camera_removed(self, pipeline: CameraPipeline) -> None:
+        if pipeline.name in self.pushers:
+            await self._end(*self.pushers.pop(pipeline.name))
+
+    async def close(self) -> None:
+        while self.pushers:
+            await self._end(*self.pushers.popitem()[1])
+
+    @staticmethod
+    async def _end(pusher: Pusher, task: asyncio.Task[None]) -> None:
+        await pusher.close()
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
 class App:
+    """The composition root: the cameras (one fleet), the web server, go2rtc registration, push, MQTT."""
+
     def __init__(self, config: Config, config_path: Path | None = None) -> None:
         self.config = config
         self.config_path = config_path
-        self.settings = build_settings(config)
-        self.events: Any = None
-        if config.mqtt.enabled:
-            from deid_sidecar.events.mqtt import MqttEvents
-
-            self.events = MqttEvents(config, self.settings)
-        self.pipelines = build_pipelines(config, self.events, self.settings)
-        self._tasks: list[asyncio.Task[Any]] = []
-        self._registrar: Any = None
-        self._pushers: list[Any] = []
+        # MQTT speaks for the fleet's cameras (wired below), not for the config's list.
+        self.events = MqttEvents(config, settings={}) if config.mqtt.enabled else None
+        self.fleet = CameraFleet(config, observer=self.events)
+        self.fleet.build_configured()
+        self._registrar: Registrar | None = None
+        self._push: PushWiring | None = None
         self._session: aiohttp.ClientSession | None = None
+
+    @property
+    def pipelines(self) -> dict[str, CameraPipeline]:
+        return self.fleet.pipelines
 
     async def run(self, stop: asyncio.Event) -> None:
         loop = asyncio.get_running_loop()
+        runner = await self._serve_web()
+        self._session = aiohttp.ClientSession()
+        if self.events is not None:
+            self.fleet.wire(MqttWiring(self.events))
+            self.events.set_control(SettingsControl(self.events.settings, self.config))
+            self.events.start()
+        self.fleet.start_all()
+        self._announce()
+        detectors = loop.run_in_executor(None, self.fleet.load_detectors)
+        if self.config.go2rtc.register_streams:
+            self._registrar = registrar_for(self.config, self._session, wanted={})
+            self.fleet.wire(Go2rtcWiring(self.config, self._registrar))
+            self._registrar_task = supervise("go2rtc-registrar", self._registrar.run)
+        self._push = PushWiring(self.config, self._session)
+        self.fleet.wire(self._push)
+        try:
+            await stop.wait()
+        finally:
+            await self._shutdown(runner, detectors)
+
+    async def _serve_web(self) -> web.AppRunner:
         server = self.config.server
         # Listening beyond loopback without a token turns auth on with a generated one (logged once).
         web_app = build_app(
-            self.pipelines,
+            self.fleet,
             _secret(server.token),
             _secret(server.stream_token),
             config=self.config,
@@ -146,43 +193,7 @@ class App:
         except OSError as exc:
             await runner.cleanup()
             raise UserError(f"cannot listen on {server.host}:{server.port}: {exc.strerror}") from None
-        self._start_events()
-        for pipeline in self.pipelines.values():
-            pipeline.start()
-        self._announce()
-        detectors = loop.run_in_executor(None, _load_detectors, self.config, self.pipelines)
-        if self.config.go2rtc.register_streams:
-            await self._start_registrar()
-        self._start_pushers()
-        try:
-            await stop.wait()
-        finally:
-            await self._shutdown(runner, detectors)
-
-    def _start_events(self) -> None:
-        if self.events is None:
-            return
-        from deid_sidecar.events.control import SettingsControl
-
-        self.events.set_control(SettingsControl(self.settings, self.config))
-        self.events.start()
-
-    async def _start_registrar(self) -> None:
-        from deid_sidecar.outputs.go2rtc import registrar_for
-
-        self._session = aiohttp.ClientSession()
-        self._registrar = registrar_for(self.config, self._session)
-        self._tasks.append(supervise("go2rtc-registrar", self._registrar.run))
-
-    def _start_pushers(self) -> None:
-        """Push mode: stream into go2rtc streams the user declared (`output.push`)."""
-        from deid_sidecar.outputs.push import pushers_for
-
-        hubs = {p.output: p.hub for p in self.pipelines.values()}
-        self._session = self._session or aiohttp.ClientSession()
-        for pusher in pushers_for(self.config, hubs, self._session):
-            self._pushers.append(pusher)
-            self._tasks.append(supervise(f"push-{pusher.name}", pusher.run))
+        return runner
 
     def _announce(self) -> None:
         server = self.config.server
@@ -197,23 +208,14 @@ class App:
         loop = asyncio.get_running_loop()
         if self._registrar is not None:
             await self._registrar.close(remove=self.config.go2rtc.remove_on_exit)
-        for pusher in self._pushers:
-            await pusher.close()
-        for task in self._tasks:
-            task.cancel()
-        for task, result in zip(
-            self._tasks, await asyncio.gather(*self._tasks, return_exceptions=True), strict=True
-        ):
-            if isinstance(result, Exception):
-                log.error("%s ended with %s", task.get_name(), result)
+            self._registrar_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._registrar_task
+        if self._push is not None:
+            await self._push.close()
         if self._session is not None:
             await self._session.close()
-        stops = await asyncio.gather(
-            *(loop.run_in_executor(None, p.stop) for p in self.pipelines.values()), return_exceptions=True
-        )
-        for name, result in zip(self.pipelines, stops, strict=True):
-            if isinstance(result, Exception):
-                log.error("%s: stopping failed: %s", name, result)
+        await self.fleet.stop_all()
         if self.events is not None:
             await loop.run_in_executor(None, self.events.stop)
         await runner.cleanup()

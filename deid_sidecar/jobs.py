@@ -17,7 +17,7 @@ import tempfile
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,7 +35,7 @@ from deid_sidecar.core.imagesize import (
     UnreadableImageError,
     check_image_size,
 )
-from deid_sidecar.detect.base import Detector
+from deid_sidecar.detect.base import Detector, DetectorFactory
 from deid_sidecar.engine.filemode import (
     IMAGE_SUFFIXES,
     FileOptions,
@@ -54,8 +54,6 @@ VIDEO_SUFFIXES = frozenset({".mp4", ".mkv", ".mov", ".avi", ".ts", ".webm", ".m4
 MAX_QUEUED = 32
 #: Seconds allowed to open an upload while probing it.
 PROBE_TIMEOUT_S = 10.0
-
-DetectorFactory = Callable[[Config, set[Label]], Detector]
 
 
 class JobError(Exception):

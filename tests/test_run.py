@@ -1,6 +1,7 @@
 """`deid-sidecar run` as a user runs it: a real process with a looping camera, a real Mosquitto,
 and the go2rtc stand-in. The camera is registered in go2rtc, appears in Home Assistant through
-MQTT discovery, publishes events, serves its anonymized stream, and stops cleanly on SIGTERM.
+MQTT discovery, publishes events, serves its anonymized stream, and stops cleanly on SIGTERM. A
+camera added in the web UI is wired exactly like a configured one, and unwired when removed.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -63,7 +65,7 @@ def sidecar(tmp_path: Path, media_dir: Path, models_dir: Path) -> Iterator[dict[
     with running_broker(tmp_path) as broker, StandinThread() as standin:
         config = {
             "models_dir": str(models_dir),
-            "server": {"host": "127.0.0.1", "port": port},
+            "server": {"host": "127.0.0.1", "port": port, "media_dirs": [str(tmp_path)]},
             "go2rtc": {
                 "url": standin.url,
                 "register_streams": True,
@@ -85,7 +87,7 @@ def sidecar(tmp_path: Path, media_dir: Path, models_dir: Path) -> Iterator[dict[
             text=True,
         )
         try:
-            yield {"process": process, "port": port, "standin": standin, "mqtt": recorder}
+            yield {"process": process, "port": port, "standin": standin, "mqtt": recorder, "clip": clip}
         finally:
             if process.poll() is None:
                 process.kill()
@@ -130,3 +132,49 @@ def test_run_registers_publishes_events_serves_and_stops_cleanly(sidecar: dict[s
     assert time.monotonic() - started < 10
     assert "door_anon" not in standin.streams
     mqtt.wait_topic("deid/available", b"offline", start=mark)
+
+
+def api(port: object, method: str, path: str, body: object = None) -> tuple[int, dict[str, object]]:
+    data = json.dumps(body).encode() if body is not None else None
+    request = urllib.request.Request(f"http://127.0.0.1:{port}{path}", data=data, method=method)
+    request.add_header("Content-Type", "application/json")
+    try:
+        with urllib.request.urlopen(request, timeout=30) as response:
+            return response.status, json.load(response)
+    except urllib.error.HTTPError as error:
+        return error.code, json.load(error)
+
+
+def test_camera_added_in_the_web_ui_is_registered_in_go2rtc_and_in_home_assistant(
+    sidecar: dict[str, object],
+) -> None:
+    standin: Go2rtcStandin = sidecar["standin"]  # type: ignore[assignment]
+    mqtt: Recorder = sidecar["mqtt"]  # type: ignore[assignment]
+    port = sidecar["port"]
+    wait_until(lambda: "door_anon" in standin.streams, what="the configured camera's registration")
+    mqtt.wait_topic("homeassistant/device/deid_door/config", timeout=30)
+
+    new = {"name": "yard", "source": f"file:{sidecar['clip']}", "loop": True, "protect": ["face"]}
+    status, added = api(port, "POST", "/api/cameras", new)
+    assert status == 201, added
+
+    # go2rtc: registered under its own name, pointing at the sidecar, like the configured camera.
+    wait_until(lambda: "yard_anon" in standin.streams, timeout=15, what="the added camera's registration")
+    assert standin.streams["yard_anon"] == [f"http://127.0.0.1:{port}/streams/yard_anon.ts"]
+    # Home Assistant: its own device with the entities of what it protects, and its command state.
+    device = json.loads(mqtt.wait_topic("homeassistant/device/deid_yard/config", timeout=15).payload)
+    assert "face_count" in device["cmps"] and "license_plate_count" not in device["cmps"]
+    assert mqtt.wait_topic("deid/yard/method/state", timeout=15).payload == b"blur"
+
+    # A command from Home Assistant reaches the added camera, and shows in the API.
+    mqtt.publish("deid/yard/method/set", "fill")
+    wait_until(lambda: api(port, "GET", "/api/cameras/yard")[1]["method"] == "fill", timeout=15,
+               what="the MQTT command in the API")  # fmt: skip
+    mqtt.wait_topic("deid/yard/method/state", b"fill", timeout=15)
+
+    # Removed: gone from go2rtc, its Home Assistant device deleted (empty retained config).
+    mark = mqtt.mark()
+    assert api(port, "DELETE", "/api/cameras/yard")[0] == 200
+    wait_until(lambda: "yard_anon" not in standin.streams, timeout=15, what="the removal from go2rtc")
+    mqtt.wait_topic("homeassistant/device/deid_yard/config", b"", timeout=15, start=mark)
+    assert "door_anon" in standin.streams  # the configured camera is untouched

@@ -287,12 +287,14 @@ def test_add_camera_and_save_config_keeps_env_refs(
                     break
                 await asyncio.sleep(0.1)
             assert snap is not None and snap.status == 200
+            yard = app[STATE_KEY].pipelines["yard"]
         written = config_file.read_text(encoding="utf-8")
         assert "${DEID_TOKEN}" in written and "very-secret-0123456789" not in written
         data = yaml.safe_load(written)
         assert data["cameras"]["cam"]["method"] == "fill"
         assert data["cameras"]["yard"]["protect"] == ["face"]
-        assert app[STATE_KEY].pipelines["yard"].stats.snapshot()["state"] == "stopped"  # cleaned up
+        assert yard.stats.snapshot()["state"] == "stopped"  # cleaned up with the web app
+        assert "yard" not in app[STATE_KEY].pipelines
 
     run(body)
 

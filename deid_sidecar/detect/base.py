@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Protocol
 
 import numpy as np
 import numpy.typing as npt
 
-from deid_sidecar.core.detections import Detections
+from deid_sidecar.config import Config
+from deid_sidecar.core.detections import Detections, Label
 
 Image = npt.NDArray[np.uint8]  # H x W x 3, BGR (OpenCV order), C-contiguous
 
@@ -19,3 +21,7 @@ class Detector(Protocol):
     """
 
     def detect(self, image: Image) -> Detections: ...
+
+
+#: (config, labels to find) -> a detector. Loading models takes seconds: call it in the executor.
+DetectorFactory = Callable[[Config, set[Label]], Detector]

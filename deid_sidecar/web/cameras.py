@@ -36,7 +36,7 @@ from deid_sidecar.config import (
 )
 from deid_sidecar.core.detections import Label
 from deid_sidecar.core.redact import inline_password, mask_url
-from deid_sidecar.engine.live import CameraPipeline
+from deid_sidecar.engine.fleet import CameraExists
 from deid_sidecar.engine.settings import CameraSettings, SettingsValues, StaleSettings
 from deid_sidecar.errors import ConfigError, UserError
 from deid_sidecar.sources.spec import SourceSpec, parse_source
@@ -223,7 +223,7 @@ async def patch_camera(request: web.Request) -> web.Response:
         # Loading models takes seconds: off the loop. The old detector keeps masking meanwhile; the
         # new one goes in only together with the protect it was built for.
         labels = {Label.parse(p) for p in patch.protect}
-        detector = await in_executor(state.detector_factory, state.config, labels)
+        detector = await in_executor(state.fleet.detector_factory, state.config, labels)
         _submit(pipeline.settings, by, version, {"protect": list(patch.protect)})
         pipeline.set_detector(detector)
     for change in less:  # recorded once made: a refused change (409) is no unmasking
@@ -254,15 +254,12 @@ async def delete_camera(request: web.Request) -> web.Response:
     """Remove a camera added at runtime (cameras from the config file are removed there)."""
     state = state_of(request)
     name = request.match_info["name"]
-    pipeline = state.pipeline(name)
+    state.pipeline(name)  # 404 for an unknown camera
     require_admin(request, "remove cameras")
-    if name not in state.added:
+    if name not in state.fleet.added:
         raise ApiError(409, f"camera {name!r} is defined in the config file: remove it there")
-    del state.pipelines[name]
-    state.hubs.pop(pipeline.output, None)
     state.previews.pop(name, None)
-    state.added.discard(name)
-    await in_executor(pipeline.stop)
+    await state.fleet.remove(name)  # also from go2rtc and MQTT
     log.info("camera %s removed by %s", name, identity_of(request).user)
     return web.json_response({"removed": name})
 
@@ -382,17 +379,12 @@ async def add_camera(request: web.Request) -> web.Response:
     result = await run_probe(state, spec)
     if not result["ok"]:
         return web.json_response(result, status=422)
-    if body.name in state.pipelines:  # added by a request that finished while this one probed
-        raise ApiError(409, f"name: a camera called {body.name!r} exists already")
-    pipeline = await in_executor(CameraPipeline, body.name, camera, state.config)
-    state.pipelines[body.name] = pipeline
-    state.hubs[pipeline.output] = pipeline.hub
-    pipeline.settings.update(changed_by(request), raw_source=body.source)  # saved as typed
-    state.added.add(body.name)
-    await in_executor(pipeline.start)
-    # Until its detector is loaded the new camera masks whole frames (fail closed).
-    labels = {Label.parse(p) for p in body.protect}
-    pipeline.set_detector(await in_executor(state.detector_factory, state.config, labels))
+    try:
+        # Built, wired (go2rtc, MQTT, push) and started like a configured camera; until its detector
+        # is loaded it masks whole frames (fail closed).
+        await state.fleet.add(body.name, camera, raw_source=body.source, by=changed_by(request))
+    except CameraExists:  # added by a request that finished while this one probed
+        raise ApiError(409, f"name: a camera called {body.name!r} exists already") from None
     log.info("camera %s added by %s: %s", body.name, identity_of(request).user, spec.display)
     return web.json_response({**state.camera_json(body.name), "probe": result}, status=201)
 

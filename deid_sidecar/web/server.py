@@ -21,10 +21,10 @@ from aiohttp.http_exceptions import HttpProcessingError
 
 from deid_sidecar import __version__
 from deid_sidecar.config import Config, parse_config
-from deid_sidecar.core.detections import Label
-from deid_sidecar.detect.base import Detector
+from deid_sidecar.detect.base import DetectorFactory
+from deid_sidecar.engine.fleet import CameraFleet, file_detector, live_detector
 from deid_sidecar.engine.live import CameraPipeline
-from deid_sidecar.jobs import DetectorFactory, JobError, JobManager
+from deid_sidecar.jobs import JobError, JobManager
 from deid_sidecar.outputs.http_ts import stream_routes
 from deid_sidecar.web import auth, cameras, metrics, pages, uploads
 from deid_sidecar.web.state import STATE_KEY, ApiError, WebState
@@ -96,13 +96,6 @@ async def openapi(request: web.Request) -> web.Response:
     return web.Response(text=text, content_type="application/yaml")
 
 
-def _default_detector(config: Config, labels: set[Label]) -> Detector:
-    from deid_sidecar.detect.detector import build_detector
-
-    detector: Detector = build_detector(config, labels)
-    return detector
-
-
 def _routes() -> list[web.RouteDef]:
     return [
         web.get("/", pages.cameras_page),
@@ -154,13 +147,14 @@ async def _background(app: web.Application) -> AsyncIterator[None]:
     with contextlib.suppress(asyncio.CancelledError):
         await task
     loop = asyncio.get_running_loop()
-    added = [state.pipelines[name] for name in state.added]
-    await asyncio.gather(*(loop.run_in_executor(None, p.stop) for p in added), return_exceptions=True)
+    if state.owns_fleet:  # served on its own (tests): the cameras added here are stopped here
+        for name in list(state.fleet.added):
+            await state.fleet.remove(name)
     await loop.run_in_executor(None, state.jobs.close)
 
 
 def build_app(
-    pipelines: Mapping[str, CameraPipeline],
+    pipelines: Mapping[str, CameraPipeline] | CameraFleet,
     api_token: str | None,
     stream_token: str | None,
     *,
@@ -175,24 +169,28 @@ def build_app(
     max_upload_bytes: int = DEFAULT_UPLOAD_BYTES,
     detector_factory: DetectorFactory | None = None,
 ) -> web.Application:
-    """The web app for `pipelines`.
+    """The web app for `pipelines`: the app's fleet, or pipelines served on their own (tests).
 
     `host` is where the server listens: beyond loopback, auth turns on by itself (a generated
     token) when neither `api_token` nor `users` is given. `config_path` is the file
     `POST /api/config/save` writes into; `jobs_dir` defaults to a temporary folder.
+    `detector_factory` replaces both the live and the upload detector (tests); by default cameras
+    get the fleet's live detector and uploads the file mode's (each model's file_input_width).
     """
     config = config if config is not None else parse_config({})
-    factory = detector_factory or _default_detector
+    if isinstance(pipelines, CameraFleet):
+        fleet, owns_fleet = pipelines, False
+    else:
+        fleet, owns_fleet = CameraFleet.of(dict(pipelines), config, detector_factory or live_detector), True
     access = auth.Auth(api_token, users, host, config.server.allowed_hosts)
     logging.getLogger("aiohttp.server").addFilter(_BAD_REQUEST_LOG)  # a set: added once
     state = WebState(
         config=config,
         config_path=config_path,
-        pipelines=dict(pipelines),
-        hubs={p.output: p.hub for p in pipelines.values()},
-        jobs=JobManager(config, factory, jobs_dir, job_limit, job_ttl_s),
+        fleet=fleet,
+        owns_fleet=owns_fleet,
+        jobs=JobManager(config, detector_factory or file_detector, jobs_dir, job_limit, job_ttl_s),
         auth=access,
-        detector_factory=factory,
         allow_original_view=allow_original_view,
         max_upload_bytes=max_upload_bytes,
         preview_viewers=config.server.preview_viewers,

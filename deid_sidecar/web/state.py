@@ -18,9 +18,10 @@ from aiohttp import web
 
 from deid_sidecar.config import Config
 from deid_sidecar.core.redact import mask_url
+from deid_sidecar.engine.fleet import CameraFleet
 from deid_sidecar.engine.live import CameraPipeline
 from deid_sidecar.engine.settings import CameraSettings
-from deid_sidecar.jobs import DetectorFactory, JobManager
+from deid_sidecar.jobs import JobManager
 from deid_sidecar.outputs.http_ts import StreamHub
 from deid_sidecar.web.auth import Auth
 from deid_sidecar.web.preview import CameraPreview
@@ -35,18 +36,24 @@ AUDIT_KEEP = 1000
 class WebState:
     config: Config
     config_path: Path | None
-    pipelines: dict[str, CameraPipeline]
-    hubs: dict[str, StreamHub]
+    fleet: CameraFleet  # the cameras: built, wired and removed there
+    owns_fleet: bool  # served on its own: cameras added here are stopped with the web app
     jobs: JobManager
     auth: Auth
-    detector_factory: DetectorFactory
     allow_original_view: bool
     max_upload_bytes: int
     preview_viewers: int = 10
     probes_running: int = 0
-    added: set[str] = field(default_factory=set)  # cameras this app started (and must stop)
     audit: deque[dict[str, Any]] = field(default_factory=lambda: deque(maxlen=AUDIT_KEEP))
     previews: dict[str, CameraPreview] = field(default_factory=dict)
+
+    @property
+    def pipelines(self) -> dict[str, CameraPipeline]:
+        return self.fleet.pipelines
+
+    @property
+    def hubs(self) -> dict[str, StreamHub]:
+        return self.fleet.hubs
 
     def pipeline(self, name: str) -> CameraPipeline:
         pipeline = self.pipelines.get(name)
