@@ -167,7 +167,7 @@ def test_fps_and_height_change_live_with_continuous_timestamps(clip: Path) -> No
 
 
 def test_replace_method_works_live_on_real_faces(media_dir: Path, models_dir: Path, tmp_path: Path) -> None:
-    from deid_sidecar.anonymize.replace import ReplacingAnonymizer
+    from deid_sidecar.anonymize.masks import ReplacingAnonymizer
     from deid_sidecar.core.detections import Label
     from deid_sidecar.demo import build_demo_clip
     from deid_sidecar.detect.detector import build_detector

@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 
 from deid_sidecar.anonymize.faces import load_sources
-from deid_sidecar.anonymize.masks import Anonymizer, blur_region
+from deid_sidecar.anonymize.masks import Anonymizer, ReplacingAnonymizer, blur_region
 from deid_sidecar.anonymize.plates import PREFIX, find_quad, plate_text
-from deid_sidecar.anonymize.replace import SOURCE_FACES_DIR, ReplacingAnonymizer
+from deid_sidecar.anonymize.replace import SOURCE_FACES_DIR
 from deid_sidecar.config import AnonymizeConfig, Method, parse_config
 from deid_sidecar.core.boxes import iou_matrix
 from deid_sidecar.core.detections import Detections, Label

@@ -2,54 +2,42 @@
 
 All methods work in place on the BGR frame (the engine owns it) and return it. Each object is
 processed on its own region of interest, so the cost grows with the masked area, not the frame.
-Strength is relative to the object: a fixed 5x5 kernel leaves a 100 px face recognizable, so every
-method first reduces the object to a handful of samples across.
+Strength is relative to the object: every method first reduces the object to a handful of samples
+across (regions.py).
+
+The top of `anonymize/`: `Anonymizer.from_config` picks the method, so the anonymizer of every
+method is defined here, on top of the region primitives (regions.py) and the face and plate
+replacers (replace.py, faces.py, plates.py), none of which imports this module.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import cv2
 import numpy as np
 import numpy.typing as npt
 
+from deid_sidecar.anonymize.faces import FaceReplacer
+from deid_sidecar.anonymize.plates import PlateReplacer
+from deid_sidecar.anonymize.regions import blur_region, pixelate_region
+from deid_sidecar.anonymize.replace import ReplaceCounters, face_replacer, plate_replacer
 from deid_sidecar.config import AnonymizeConfig, Method, WholeFrameMask, Zone
 from deid_sidecar.core import boxes
 from deid_sidecar.core.detections import Detections, Label
-from deid_sidecar.core.image import Image, as_image
+from deid_sidecar.core.image import Image
 
-#: Samples across an object for blur: a face reduced to 6 samples keeps no identity (eyes, nose and
-#: mouth fall into one or two cells), and a plate's characters (about 1/8 of its width) vanish too.
-BLUR_SAMPLES = 6
+__all__ = [
+    "Anonymizer",
+    "ReplacingAnonymizer",
+    "ZoneMasker",
+    "blur_region",
+    "mask_whole_frame",
+    "pixelate_region",
+]
+
 #: Cells across the whole frame when it is masked because detection cannot vouch for it.
 WHOLE_FRAME_CELLS = 24
-
-
-#: Smallest cell in pixels: on a tiny object, 8 cells across would be 1-pixel cells, i.e. no change.
-MIN_CELL_PX = 4
-
-
-def _reduce(roi: Image, samples_across: int) -> Image:
-    """Area-average `roi` down to about `samples_across` cells on its long side, cells >= MIN_CELL_PX."""
-    h, w = roi.shape[:2]
-    samples = max(1, min(samples_across, max(h, w) // MIN_CELL_PX))
-    scale = samples / max(h, w)
-    size = (max(1, round(w * scale)), max(1, round(h * scale)))
-    return as_image(cv2.resize(roi, size, interpolation=cv2.INTER_AREA))
-
-
-def blur_region(roi: Image) -> Image:
-    """Smooth blob: reduce to a few samples, then interpolate back (cost independent of kernel size)."""
-    h, w = roi.shape[:2]
-    small = _reduce(roi, BLUR_SAMPLES)
-    small = as_image(cv2.GaussianBlur(small, (3, 3), 0))
-    return as_image(cv2.resize(small, (w, h), interpolation=cv2.INTER_LINEAR))
-
-
-def pixelate_region(roi: Image, blocks: int) -> Image:
-    h, w = roi.shape[:2]
-    return as_image(cv2.resize(_reduce(roi, blocks), (w, h), interpolation=cv2.INTER_NEAREST))
 
 
 @dataclass(frozen=True)
@@ -66,9 +54,6 @@ class Anonymizer:
     def from_config(cls, config: AnonymizeConfig, method: Method | None = None) -> Anonymizer:
         chosen = method or config.method
         if chosen is Method.REPLACE:
-            # Imported here: replace.py builds on this module (blur fallback, this class).
-            from deid_sidecar.anonymize.replace import ReplacingAnonymizer
-
             return ReplacingAnonymizer.create(config)
         r, g, b = config.fill_color
         return cls(
@@ -109,6 +94,84 @@ def _inside_ellipse(original: Image, masked: Image) -> Image:
     inside = np.zeros((h, w), np.uint8)
     cv2.ellipse(inside, (w // 2, h // 2), (max(1, w // 2), max(1, h // 2)), 0, 0, 360, 255, -1)
     return np.where(inside[..., None] > 0, masked, original)
+
+
+@dataclass(frozen=True)
+class ReplacingAnonymizer(Anonymizer):
+    """`method: replace`: synthetic faces and synthetic plates instead of blur, with safe fallbacks.
+
+    Whatever cannot be replaced well is still hidden: faces without usable landmarks, too small or in
+    profile are blurred, plates without a quadrilateral are filled, persons are blurred. One instance
+    per stream: it remembers which track wears which synthetic identity.
+    """
+
+    faces: FaceReplacer = field(kw_only=True)
+    plates: PlateReplacer = field(kw_only=True)
+    counters: ReplaceCounters = field(default_factory=ReplaceCounters, kw_only=True)
+
+    @classmethod
+    def create(cls, config: AnonymizeConfig) -> ReplacingAnonymizer:
+        faces = face_replacer(config)
+        return cls(method=Method.REPLACE, margin=config.margin, faces=faces, plates=plate_replacer(config))
+
+    def apply(self, image: Image, detections: Detections) -> Image:
+        self.faces.next_frame()
+        self.plates.next_frame()
+        if not len(detections):
+            return image
+        height, width = image.shape[:2]
+        rects = boxes.to_int_rects(boxes.expand(detections.xyxy, self.margin), width, height)
+        # Each face's decorrelation compares with the frame as it came in, not with a face painted over
+        # it a moment ago by an overlapping detection.
+        originals = {
+            row: image[y1:y2, x1:x2].copy()
+            for row, (x1, y1, x2, y2) in enumerate(rects)
+            if detections.label[row] == Label.FACE and x2 > x1 and y2 > y1
+        }
+        # Faces last: a plate or person painted afterwards (a false plate on a face, a person box around
+        # one) would cover the synthetic face with detail the decorrelation never saw.
+        order = sorted(range(len(rects)), key=lambda row: detections.label[row] == Label.FACE)
+        for row in order:
+            x1, y1, x2, y2 = rects[row]
+            if x2 - x1 < 1 or y2 - y1 < 1:
+                continue
+            rect = (int(x1), int(y1), int(x2), int(y2))
+            label = int(detections.label[row])
+            if label == Label.FACE:
+                self._face(image, detections, row, rect, originals[row])
+            elif label == Label.LICENSE_PLATE:
+                self._plate(image, detections, row, rect)
+            else:
+                roi = image[y1:y2, x1:x2]
+                roi[...] = blur_region(roi)
+        return image
+
+    def mask_region(self, roi: Image) -> Image:
+        """Zones and other whole regions have no face or plate to replace: blur them."""
+        return blur_region(roi)
+
+    def _face(
+        self, image: Image, detections: Detections, row: int, rect: tuple[int, int, int, int], original: Image
+    ) -> None:
+        box, track_id = detections.xyxy[row], int(detections.track_id[row])
+        found = self.faces.landmarks(track_id, row, box, detections.keypoints[row])
+        if found is not None and self.faces.replace(image, box, rect, found[0], found[1], original):
+            self.counters.faces_replaced += 1
+            return
+        x1, y1, x2, y2 = rect
+        roi = image[y1:y2, x1:x2]
+        roi[...] = blur_region(roi)
+        self.counters.faces_blurred += 1
+
+    def _plate(self, image: Image, detections: Detections, row: int, rect: tuple[int, int, int, int]) -> None:
+        x1, y1, x2, y2 = rect
+        corners = detections.keypoints[row, :4]
+        local = None if np.isnan(corners).any() else (corners - np.array([x1, y1], np.float32))
+        painted = self.plates.replace(image[y1:y2, x1:x2], local, int(detections.track_id[row]), row)
+        if painted:
+            self.counters.plates_replaced += 1
+        else:
+            self.counters.plates_filled += 1
 
 
 def mask_whole_frame(image: Image, how: WholeFrameMask) -> Image:

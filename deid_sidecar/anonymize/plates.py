@@ -17,7 +17,7 @@ import numpy as np
 import numpy.typing as npt
 
 from deid_sidecar.anonymize.font import TrueTypeFont
-from deid_sidecar.anonymize.masks import blur_region
+from deid_sidecar.anonymize.regions import blur_region
 from deid_sidecar.core.detections import NO_TRACK
 from deid_sidecar.core.image import Image, as_image
 

@@ -9,14 +9,13 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Protocol
 from urllib.parse import quote, unquote, urlsplit, urlunsplit
+
+from pydantic import SecretStr
 
 from deid_sidecar.core.redact import mask_url
 from deid_sidecar.errors import UserError
-
-if TYPE_CHECKING:  # config.py validates sources with the functions below: no import at run time
-    from deid_sidecar.config import Go2rtcConfig
 
 #: Seconds allowed to open a source and to wait for each read before the reader reconnects.
 OPEN_TIMEOUT_S = 10.0
@@ -86,6 +85,21 @@ def file_source_error(source: str) -> str | None:
     return None if path.is_file() else f"file {path} does not exist"
 
 
+class Go2rtcAccess(Protocol):
+    """How `go2rtc:` sources are read: `config.Go2rtcConfig` is one.
+
+    Declared here, not imported: config.py validates sources with the functions above, so this
+    module stays below it.
+    """
+
+    @property
+    def rtsp_url(self) -> str: ...
+    @property
+    def username(self) -> str | None: ...
+    @property
+    def password(self) -> SecretStr | None: ...
+
+
 @dataclass(frozen=True)
 class SourceSpec:
     kind: str  # go2rtc | rtsp | http | file | v4l2
@@ -117,7 +131,7 @@ def _with_credentials(url: str, username: str | None, password: str | None) -> s
     )
 
 
-def parse_source(source: str, go2rtc: Go2rtcConfig, loop: bool = False) -> SourceSpec:
+def parse_source(source: str, go2rtc: Go2rtcAccess, loop: bool = False) -> SourceSpec:
     problem = source_form_error(source) or file_source_error(source)
     if problem is not None:
         raise UserError(f"source {problem}")

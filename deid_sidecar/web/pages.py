@@ -7,34 +7,19 @@ from the package's own folder, so no request can reach another file.
 from __future__ import annotations
 
 import re
-from importlib import resources
 from typing import Any
 
 from aiohttp import web
 
 from deid_sidecar import __version__
-from deid_sidecar.web.auth import identity_of
+from deid_sidecar.web.auth import SECURITY_HEADERS, identity_of, read_static, render_page
 from deid_sidecar.web.state import ApiError, state_of
+
+__all__ = ["SECURITY_HEADERS", "cameras_page", "jobs_page", "render_page", "session_info", "static_file"]
 
 STATIC_NAME = re.compile(r"^[a-z0-9_-]{1,40}\.(js|css|png|svg)$")
 CONTENT_TYPES = {"js": "text/javascript", "css": "text/css", "png": "image/png", "svg": "image/svg+xml"}
-# The pages load only their own files: a stored XSS could not pull in or send to anything else.
-SECURITY_HEADERS = {
-    "Content-Security-Policy": "default-src 'self'; img-src 'self' blob: data:; object-src 'none'; "
-    "frame-ancestors 'none'; base-uri 'none'; form-action 'self'",
-    "X-Content-Type-Options": "nosniff",
-    "Referrer-Policy": "same-origin",
-    "Cache-Control": "no-store",
-}
-
-
-def _read(name: str) -> bytes:
-    return resources.files("deid_sidecar.web").joinpath("static", name).read_bytes()
-
-
-def render_page(name: str) -> web.Response:
-    html = _read(name).decode().replace("{{version}}", __version__)
-    return web.Response(text=html, content_type="text/html", headers=SECURITY_HEADERS)
+# Pages are rendered as the login page is (auth.render_page, with the same SECURITY_HEADERS).
 
 
 async def cameras_page(request: web.Request) -> web.Response:
@@ -51,7 +36,7 @@ async def static_file(request: web.Request) -> web.Response:
     if match is None:
         raise ApiError(404, "no such static file")
     try:
-        data = _read(name)
+        data = read_static(name)
     except (FileNotFoundError, IsADirectoryError):
         raise ApiError(404, "no such static file") from None
     headers = {"Cache-Control": "no-cache", "X-Content-Type-Options": "nosniff"}
