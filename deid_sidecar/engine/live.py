@@ -1,14 +1,14 @@
 """One live camera: reader thread -> worker thread (process, encode) -> stream hub.
 
+`CameraPipeline` owns the camera's threads (the reader's and the `camera-<cam>` worker), the
+settings the worker applies, the camera state and its stats. The output side the worker alone
+touches (output clock, encoder, offline slate, StreamHub writes) is its `FramePublisher`
+(engine/publisher.py).
+
 The worker takes the reader's frames in order and publishes at most one per slot of the output
 fps: the rest are skipped on purpose (`frames_skipped`); frames lost because the worker fell
-behind are `frames_dropped`. Output timestamps come from the worker's own clock, so the published
-stream stays continuous across camera reconnects; while the camera is away it shows an
-"offline" slate at the output fps, never a stale or raw frame.
-
-The output size is the camera's (scaled to `output.height` when set): the slate shown before the
-first frame only guesses it, and when the first real frame (or a reconnected camera) has another
-size, the encoder is replaced at that size (a new keyframe; timestamps continue).
+behind are `frames_dropped`. While the camera is away the stream shows an "offline" slate at the
+output fps, never a stale or raw frame.
 
 The runtime settings (method, zones, detection, pause, fps, height) are owned by `settings`
 (engine/settings.py), which the web API and MQTT change; the worker compares its version at every
@@ -27,19 +27,16 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-import cv2
-import numpy as np
-
 from deid_sidecar.anonymize.masks import Anonymizer, ZoneMasker
 from deid_sidecar.config import CameraConfig, Config, FailMode, Method, Zone, output_name
 from deid_sidecar.core.image import Image
 from deid_sidecar.detect.base import Detector
 from deid_sidecar.engine.observer import FrameObserver
 from deid_sidecar.engine.processor import FrameProcessor, Processed
+from deid_sidecar.engine.publisher import FramePublisher, jpeg_of
 from deid_sidecar.engine.settings import CameraSettings, SettingsValues
-from deid_sidecar.outputs.encoder import TIME_BASE, H264Encoder, probe_encoder
 from deid_sidecar.outputs.http_ts import StreamHub
-from deid_sidecar.sources.reader import FLOWING_AFTER_S, FrameQueue, FrameReader, output_size
+from deid_sidecar.sources.reader import FLOWING_AFTER_S, FrameQueue, FrameReader
 from deid_sidecar.sources.spec import parse_source
 from deid_sidecar.stats import CameraStats
 
@@ -58,61 +55,6 @@ QUEUE_FRAMES = 8
 DETECT_SOURCE_MAX_SKEW_S = 0.25
 #: How often stats go to the observer (MQTT) and the log.
 STATS_INTERVAL_S = 5.0
-#: Slate size before the camera ever delivered a frame (scaled to `output.height` when set); the
-#: first real frame sets the size for good.
-DEFAULT_SIZE = (1280, 720)
-TICKS_PER_S = int(1 / TIME_BASE)
-
-
-class OutputClock:
-    """Timestamps on a regular 1/fps grid from the worker's own clock, never the camera's.
-
-    A frame's slot is its time rounded to the grid; a slot already used is a frame too many
-    (the camera is faster than the output). The frame rate can change mid-stream: the grid is
-    re-based on the last frame, so timestamps keep increasing.
-    """
-
-    def __init__(self, fps: float, t0: float) -> None:
-        self.fps = fps
-        self._t0 = t0
-        self._slot0 = 0
-        self._pts0 = 0
-        self.last_slot = -1
-        self.last_pts = -1
-        self._last_t = t0
-
-    def slot(self, t: float) -> int:
-        return self._slot0 + round((t - self._t0) * self.fps)
-
-    def is_free(self, t: float) -> bool:
-        return self.slot(t) > self.last_slot
-
-    def next_due(self) -> float:
-        """The middle of the next free slot: when a frame made up on the spot (the slate) is due."""
-        return self._t0 + (self.last_slot + 1 - self._slot0) / self.fps
-
-    def next_pts(self, t: float) -> int:
-        """The pts (1/90000 s) of a frame published for time `t`; strictly increasing."""
-        self.last_slot = max(self.last_slot + 1, self.slot(t))
-        pts = self._pts0 + round((self.last_slot - self._slot0) * TICKS_PER_S / self.fps)
-        self.last_pts = max(self.last_pts + 1, pts)
-        self._last_t = max(self._last_t, t)
-        return self.last_pts
-
-    def set_fps(self, fps: float) -> None:
-        self._t0, self._slot0, self._pts0 = self._last_t, self.last_slot, self.last_pts
-        self.fps = fps
-
-
-def make_slate(width: int, height: int, text: str) -> Image:
-    """A dark frame that says clearly why there is no picture."""
-    slate = np.full((height, width, 3), 32, np.uint8)
-    scale = max(0.6, width / 900)
-    thickness = max(1, round(scale * 2))
-    (text_w, text_h), _ = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, scale, thickness)
-    origin = ((width - text_w) // 2, (height + text_h) // 2)
-    cv2.putText(slate, text, origin, cv2.FONT_HERSHEY_SIMPLEX, scale, (200, 200, 200), thickness, cv2.LINE_AA)
-    return slate
 
 
 class CameraPipeline:
@@ -159,17 +101,11 @@ class CameraPipeline:
         )
         self.auto_detect_every = config.privacy.detect_every == 0
         self._hold_on_failure = config.privacy.on_failure is FailMode.HOLD
-        self.latest_jpeg: Callable[[], bytes] | None = None
-        self._encoder: H264Encoder | None = None
-        self._codec = camera.output.encoder
-        self._bitrate = camera.output.bitrate_kbps
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name=f"camera-{name}", daemon=True)
         self._t0 = time.monotonic()
-        self.clock = OutputClock(camera.output.fps, self._t0)
-        self._slate: Image | None = None
-        #: Size of the newest real frame published (the output size); None before the first.
-        self._frame_size: tuple[int, int] | None = None
+        #: Clock, encoder, slate and hub writes: touched by the worker thread only.
+        self._publisher = FramePublisher(name, camera.output, self.hub, self.stats, self._t0)
         #: When the worker last took a camera frame (0: never).
         self._last_frame_t = 0.0
         #: True from the moment the camera counts as offline until frames flow again.
@@ -242,7 +178,16 @@ class CameraPipeline:
 
     @property
     def fps(self) -> float:
-        return self.clock.fps
+        return self._publisher.clock.fps
+
+    @property
+    def latest_jpeg(self) -> Callable[[], bytes] | None:
+        """The newest published (anonymized) frame as a deferred JPEG, for the web previews."""
+        return self._publisher.latest_jpeg
+
+    @latest_jpeg.setter
+    def latest_jpeg(self, encode: Callable[[], bytes] | None) -> None:
+        self._publisher.latest_jpeg = encode
 
     def _run(self) -> None:
         try:
@@ -251,11 +196,10 @@ class CameraPipeline:
                     self._work()
                 except Exception:  # a bug outside the per-frame guard: log it, start the loop over
                     log.exception("%s: the camera worker failed unexpectedly; starting it again", self.name)
-                    self._encoder = None  # a fresh encoder (new keyframe) rather than one in an unknown state
+                    self._publisher.discard_encoder()
                     self._stop.wait(WORKER_RESTART_S)
         finally:
-            if self._encoder is not None:  # only this thread touches the encoder
-                self.hub.publish(self._encoder.flush())
+            self._publisher.close()  # here, on the worker thread: only this thread touches the encoder
 
     def problem(self) -> str | None:
         """Why this camera is unhealthy (a thread ended, no picture), or None; read by /healthz."""
@@ -284,7 +228,7 @@ class CameraPipeline:
             self._last_frame_t = max(self._last_frame_t, frame.t)
             if self._outage and self._flow_start is None:
                 self._flow_start = frame.t
-            if not self.clock.is_free(frame.t):
+            if not self._publisher.clock.is_free(frame.t):
                 self.stats.frame_skipped()  # the camera is faster than the output fps
                 continue
             try:
@@ -299,7 +243,7 @@ class CameraPipeline:
         now = time.monotonic()
         if not self._camera_away(now):
             return interval
-        return min(interval, max(0.0, self.clock.next_due() - now))
+        return min(interval, max(0.0, self._publisher.clock.next_due() - now))
 
     def _camera_away(self, now: float) -> bool:
         return now - (self._last_frame_t or self._t0) >= OFFLINE_AFTER_S
@@ -341,52 +285,15 @@ class CameraPipeline:
         return frame.image
 
     def _publish(self, processed: Processed) -> None:
-        image = self._publish_frame(processed.image, processed.t)
-        self.stats.record_latency((time.monotonic() - processed.t) * 1000.0)
+        self._publisher.publish(processed)
         counters = self.processor.counters
         self.stats.set_detector_counters(
             counters.detections_run,
             counters.detector_errors + counters.detector_timeouts,
             counters.frames_masked_whole,
         )
-        if self.observer is not None:
-            self.observer.on_frame(self.name, time.time(), processed.objects, _jpeg_of(image))
-
-    def _encode_and_send(self, image: Image, t: float) -> Image:
-        encoder = self._encoder_for(image)
-        pts = self.clock.next_pts(t)
-        started = time.perf_counter()
-        packets = encoder.encode(image, pts)
-        self.stats.record_stage("encode", time.perf_counter() - started)
-        self.hub.publish(packets)
-        self.latest_jpeg = _jpeg_of(image)
-        self.stats.frame_out()
-        return image
-
-    def _publish_frame(self, image: Image, t: float) -> Image:
-        """A real frame: its size is the output size from now on."""
-        height, width = image.shape[:2]
-        self._frame_size = (width, height)
-        return self._encode_and_send(image, t)
-
-    def _encoder_for(self, image: Image) -> H264Encoder:
-        """The encoder for `image`'s size: a new one (new keyframe, same clock) when the size changed."""
-        height, width = image.shape[:2]
-        if self._encoder is not None and (self._encoder.width, self._encoder.height) != (width, height):
-            log.info(
-                "%s: output size %dx%d -> %dx%d",
-                self.name,
-                self._encoder.width,
-                self._encoder.height,
-                width,
-                height,
-            )
-            self._replace_encoder()
-        if self._encoder is None:
-            codec = probe_encoder(self._codec)
-            self._encoder = H264Encoder(width, height, self.fps, self._bitrate, codec)
-            self.stats.set_encoder(codec)
-        return self._encoder
+        if self.observer is not None:  # only now is the frame known to be out, and anonymized
+            self.observer.on_frame(self.name, time.time(), processed.objects, jpeg_of(processed.image))
 
     def _maybe_slate(self, now: float) -> None:
         """While the camera is away, keep the stream alive with a clearly marked slate, one per slot."""
@@ -394,18 +301,7 @@ class CameraPipeline:
             return
         self._outage, self._flow_start = True, None
         self._set_state("offline")
-        if self.clock.is_free(now):
-            self._encode_and_send(self._slate_image(), now)
-
-    def _slate_image(self) -> Image:
-        """The slate at the output size: the camera's once known, else a guess from `output.height`."""
-        width, height = self._frame_size or DEFAULT_SIZE
-        target = self.reader.target_height
-        if target is not None and target != height:
-            width, height = output_size(width, height, target)
-        if self._slate is None or self._slate.shape[:2] != (height, width):
-            self._slate = make_slate(width, height, f"{self.name}: camera offline")
-        return self._slate.copy()
+        self._publisher.publish_slate(now, self.reader.target_height)
 
     def _set_state(self, state: str) -> None:
         if not self.stats.set_state(state):
@@ -435,7 +331,7 @@ class CameraPipeline:
     def latest_raw_jpeg(self) -> bytes | None:
         """JPEG of the newest frame before anonymization, captured only while `raw_viewers` > 0."""
         image = self._raw_image
-        return None if image is None else _jpeg_of(image)()
+        return None if image is None else jpeg_of(image)()
 
     def apply_output(self, fps: float | None = None, height: int | None = None, by: str = "app") -> None:
         """Change the output frame rate and/or height live; the worker applies it at its next frame.
@@ -472,25 +368,8 @@ class CameraPipeline:
     def _apply_output_change(self, old: SettingsValues, new: SettingsValues) -> None:
         if (new.fps, new.height) == (old.fps, old.height):
             return
-        if new.fps != self.clock.fps:
-            self.clock.set_fps(new.fps)
-            self._replace_encoder()
+        self._publisher.set_fps(new.fps)
         if new.height is not None and new.height != self.reader.target_height:
-            # The reader scales to it; the first frame at the new size replaces the encoder (_encoder_for).
+            # The reader scales to it; the first frame at the new size replaces the encoder.
             self.reader.target_height = new.height
         log.info("%s: output now %.0f fps, height %s", self.name, self.fps, self.reader.target_height)
-
-    def _replace_encoder(self) -> None:
-        if self._encoder is not None:
-            self.hub.publish(self._encoder.flush())
-        self._encoder = None  # made again, at the next frame's size and the current fps
-
-
-def _jpeg_of(image: Image) -> Callable[[], bytes]:
-    """A deferred JPEG encoder: the cost is paid only by whoever asks for the snapshot."""
-
-    def encode() -> bytes:
-        ok, data = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, 80])
-        return data.tobytes() if ok else b""
-
-    return encode
