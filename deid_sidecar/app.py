@@ -25,6 +25,7 @@ from deid_sidecar.events.control import SettingsControl
 from deid_sidecar.events.mqtt import MqttEvents
 from deid_sidecar.outputs.go2rtc import Registrar, registrar_for, stream_url
 from deid_sidecar.outputs.push import Pusher, pusher_for
+from deid_sidecar.stats import CameraStats
 from deid_sidecar.web.auth import WebUser
 from deid_sidecar.web.server import build_app
 
@@ -76,12 +77,20 @@ class Go2rtcWiring:
 
     def __init__(self, config: Config, registrar: Registrar) -> None:
         self.config, self.registrar = config, registrar
+        self._stats: dict[str, CameraStats] = {}  # output -> its camera's stats (shows the state)
+        registrar.on_state = self._on_state
 
     def camera_added(self, pipeline: CameraPipeline) -> None:
+        self._stats[pipeline.output] = pipeline.stats
         self.registrar.add(pipeline.output, [stream_url(self.config, pipeline.output)])
 
     async def camera_removed(self, pipeline: CameraPipeline) -> None:
+        self._stats.pop(pipeline.output, None)
         await self.registrar.remove(pipeline.output)
+
+    def _on_state(self, output: str, state: str) -> None:
+        if output in self._stats:
+            self._stats[output].set_go2rtc(state)
 
 
 class MqttWiring:

@@ -131,10 +131,14 @@ def _cmd_config_docs(args: argparse.Namespace) -> int:
     return 0
 
 
+#: `go2rtc-yaml` never prints a secret, so an unset `${VAR}` needs no value: this stands in for it.
+UNSET_ENV = "unset-environment-variable"
+
+
 def _cmd_go2rtc_yaml(args: argparse.Namespace) -> int:
     from deid_sidecar.outputs.go2rtc import render_yaml_snippets
 
-    print(render_yaml_snippets(load_config(args.config)), end="")
+    print(render_yaml_snippets(load_config(args.config, missing_env=UNSET_ENV), args.target), end="")
     return 0
 
 
@@ -190,9 +194,16 @@ def build_parser() -> argparse.ArgumentParser:
     docs.set_defaults(handler=_cmd_config_docs)
 
     yaml_cmd = commands.add_parser(
-        "go2rtc-yaml", help="print go2rtc and Frigate config lines for the outputs"
+        "go2rtc-yaml", help="print the go2rtc (or Frigate) config for the outputs: one file, paste it whole"
     )
     yaml_cmd.add_argument("-c", "--config", required=True)
+    yaml_cmd.add_argument(
+        "--for",
+        dest="target",
+        choices=["go2rtc", "frigate"],
+        default="go2rtc",
+        help="go2rtc: go2rtc.yaml's streams (default); frigate: Frigate's go2rtc streams and cameras",
+    )
     yaml_cmd.set_defaults(handler=_cmd_go2rtc_yaml)
     return parser
 

@@ -260,7 +260,12 @@ class Go2rtcConfig(Strict):
         "http://deid-sidecar:8080", description="How go2rtc reaches this sidecar (base of the stream URLs)."
     )
     reconcile_s: float = Field(
-        30.0, ge=2.0, le=3600.0, description="How often registrations are checked and re-sent."
+        3.0,
+        ge=1.0,
+        le=3600.0,
+        description="How often registrations are checked and re-sent: a go2rtc restarted with a config "
+        "that lost the streams (Frigate rewrites it) serves them again within this time. One "
+        "`GET /api/streams` per check.",
     )
     remove_on_exit: bool = Field(False, description="DELETE registered streams when the sidecar stops.")
 
@@ -495,8 +500,9 @@ def output_name(camera_name: str, camera: CameraConfig) -> str:
 _ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 
 
-def substitute_env(text: str, environ: dict[str, str] | None = None) -> str:
-    """Replace `${NAME}` and `${NAME:-default}`; an unset variable without default is an error."""
+def substitute_env(text: str, environ: dict[str, str] | None = None, missing: str | None = None) -> str:
+    """Replace `${NAME}` and `${NAME:-default}`; an unset variable without default is an error,
+    or `missing` when given (for commands that never use the values, e.g. `go2rtc-yaml`)."""
     env = os.environ if environ is None else environ
 
     def replace(match: re.Match[str]) -> str:
@@ -505,6 +511,8 @@ def substitute_env(text: str, environ: dict[str, str] | None = None) -> str:
             return env[name]
         if default is not None:
             return default
+        if missing is not None:
+            return missing
         raise ConfigError(f"environment variable {name} is referenced in the config but not set")
 
     return _ENV_REF.sub(replace, text)
@@ -529,8 +537,10 @@ def parse_config(data: dict[str, Any] | None) -> Config:
         raise ConfigError(format_validation_error(exc)) from None
 
 
-def load_config(path: str | Path) -> Config:
-    """Read, substitute and validate a config file; every problem is one ConfigError line."""
+def load_config(path: str | Path, missing_env: str | None = None) -> Config:
+    """Read, substitute and validate a config file; every problem is one ConfigError line.
+
+    `missing_env`: the value of `${NAME}` references whose variable is unset (default: an error)."""
     file = Path(path)
     try:
         with file.open("rb") as handle:
@@ -545,16 +555,16 @@ def load_config(path: str | Path) -> Config:
         raise ConfigError(
             f"{file}: not a text file (byte {exc.start} is not UTF-8); a config is YAML"
         ) from None
-    return load_config_text(text, str(file))
+    return load_config_text(text, str(file), missing_env)
 
 
-def load_config_text(text: str, origin: str = "config") -> Config:
+def load_config_text(text: str, origin: str = "config", missing_env: str | None = None) -> Config:
     """`load_config` for a text already read (`origin` names it in messages): the same checks."""
-    data = _safe_yaml(text, origin)
+    data = load_yaml_strict(text, origin)
     if data is not None and not isinstance(data, dict):
         raise ConfigError(f"{origin}: the top level must be a mapping of options")
     warnings = list(_inline_passwords(data, ""))  # before substitution: ${ENV} is what is wanted
-    config = parse_config(_substitute_values(data))
+    config = parse_config(_substitute_values(data, missing_env))
     for key, url in warnings:  # only for a config that loads: a refusal is the one line that matters
         log.warning(
             "%s: %s has its password written in the config file; put it in an environment variable "
@@ -672,7 +682,8 @@ def _yaml_problem(exc: yaml.YAMLError) -> str:
     return " ".join(str(exc).split())
 
 
-def _safe_yaml(text: str, origin: str) -> Any:
+def load_yaml_strict(text: str, origin: str) -> Any:
+    """YAML as the config reads it: safe types only, a key given twice or an alias bomb refused."""
     try:
         return yaml.load(text, Loader=_ConfigLoader)  # noqa: S506 - a SafeLoader subclass
     except ConfigError as exc:
@@ -699,13 +710,13 @@ def _inline_passwords(data: Any, path: str) -> Iterator[tuple[str, str]]:
         yield path or "(top level)", data
 
 
-def _substitute_values(data: Any) -> Any:
+def _substitute_values(data: Any, missing: str | None = None) -> Any:
     """`${ENV}` substitution in string VALUES only: comments and keys are left alone."""
     if isinstance(data, dict):
-        return {key: _substitute_values(value) for key, value in data.items()}
+        return {key: _substitute_values(value, missing) for key, value in data.items()}
     if isinstance(data, list):
-        return [_substitute_values(item) for item in data]
+        return [_substitute_values(item, missing) for item in data]
     if isinstance(data, str):
-        value = substitute_env(data)
+        value = substitute_env(data, missing=missing)
         return None if value == "" and data != "" else value
     return data

@@ -83,6 +83,8 @@ class CameraStats:
     last_frame_time: float = 0.0
     #: Why the camera last failed (masked); cleared once frames flow again.
     last_error: str = ""
+    #: The output's registration in go2rtc (outputs/go2rtc.py STREAM_STATES); "" when not registering.
+    go2rtc: str = ""
     stage_ms: dict[str, float] = field(default_factory=dict)
     latency_ms: float = 0.0
     #: Recent end-to-end latencies (frame decoded -> packet muxed), for percentiles.
@@ -154,6 +156,10 @@ class CameraStats:
             self.state = state
             return True
 
+    def set_go2rtc(self, state: str) -> None:
+        with self.lock:
+            self.go2rtc = state
+
     def set_encoder(self, encoder: str) -> None:
         with self.lock:
             self.encoder = encoder
@@ -206,6 +212,7 @@ class CameraStats:
                 "latency_p95_ms": _rounded(percentile(latencies, 95)),
                 "stage_ms": {k: round(v, 2) for k, v in self.stage_ms.items()},
                 "last_error": self.last_error,
+                "go2rtc": self.go2rtc,
             }
 
 

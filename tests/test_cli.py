@@ -149,6 +149,20 @@ def test_go2rtc_yaml_prints_the_anonymized_stream_and_no_secret(tmp_path: Path) 
     assert "hunter2" not in result.stdout
 
 
+def test_go2rtc_yaml_needs_no_secret_from_the_environment(tmp_path: Path) -> None:
+    """It never prints one, so a config whose tokens come from ${VAR} prints without them set."""
+    config = tmp_path / "c.yml"
+    config.write_text(
+        "server:\n  token: ${DEID_TEST_UNSET_API_TOKEN}\n  stream_token: ${DEID_TEST_UNSET_STREAM_TOKEN}\n"
+        "cameras:\n  front:\n    source: go2rtc:front\n"
+    )
+    for target in ("go2rtc", "frigate"):
+        result = cli("go2rtc-yaml", "-c", str(config), "--for", target)
+        assert result.returncode == 0, result.stderr
+        assert "front_anon" in result.stdout and "unset-environment-variable" not in result.stdout
+        assert "TOKEN}" in result.stdout  # the stream token, as a reference for go2rtc or Frigate
+
+
 def test_config_docs_match_the_committed_reference() -> None:
     result = cli("config-docs")
     assert result.returncode == 0

@@ -5,17 +5,16 @@ from __future__ import annotations
 import asyncio
 import inspect
 import logging
-import re
+import time
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
 import aiohttp
 import pytest
-import yaml
 from go2rtc_standin import Go2rtcStandin
 from pydantic import SecretStr
 
-from deid_sidecar.config import parse_config
+from deid_sidecar.config import load_yaml_strict, parse_config
 from deid_sidecar.core.redact import mask_secrets, mask_url
 from deid_sidecar.outputs import go2rtc, go2rtc_api, retry
 from deid_sidecar.outputs.go2rtc import Registrar, registrar_for, registration_sources, render_yaml_snippets
@@ -238,6 +237,48 @@ def test_a_stream_added_while_running_is_registered_at_once_and_a_removed_one_de
     with_standin(scenario)
 
 
+def test_a_go2rtc_restarted_without_our_streams_serves_them_again_within_5_s_by_default() -> None:
+    async def scenario(standin: Go2rtcStandin, session: aiohttp.ClientSession) -> None:
+        config = parse_config(
+            {"go2rtc": {"url": standin.url}, "cameras": {"front": {"source": "go2rtc:front"}}}
+        )
+        registrar = registrar_for(config, session)
+        task = asyncio.create_task(registrar.run())
+        await eventually(lambda: "front_anon" in standin.streams)
+        await asyncio.sleep(0.5)  # between two checks, as a restart would be
+        standin.restart(keep_file=False)  # Frigate rewrote go2rtc's config on its start
+        lost = time.monotonic()
+        await eventually(lambda: "front_anon" in standin.streams, 6.0)
+        assert time.monotonic() - lost <= 5.0
+        await registrar.close(remove=False)
+        await asyncio.wait_for(task, 2)
+
+    with_standin(scenario)
+
+
+def test_each_streams_registration_state_is_reported() -> None:
+    async def scenario(standin: Go2rtcStandin, session: aiohttp.ClientSession) -> None:
+        states: list[tuple[str, str]] = []
+        registrar = Registrar(Go2rtcClient(standin.url, None, None, session), {"front_anon": [SRC]}, 0.2)
+        registrar.on_state = lambda name, state: states.append((name, state))
+        registrar.add("bad_anon", ["exec:ffmpeg"])  # go2rtc refuses exec: through its API
+        task = asyncio.create_task(registrar.run())
+        await eventually(lambda: ("front_anon", "registered") in states and ("bad_anon", "refused") in states)
+        assert "front_anon" in standin.streams, "a refused stream does not hold up the others"
+        port = standin.port
+        await standin.stop()
+        await eventually(lambda: states[-1][1] == "unreachable", 3.0)
+        await standin.start(port)
+        await eventually(
+            lambda: states[-1] == ("front_anon", "registered") or states[-1][1] == "refused", 3.0
+        )
+        await registrar.close(remove=False)
+        await asyncio.wait_for(task, 2)
+        assert [s for s in states if s[0] == "front_anon"][-1] == ("front_anon", "registered")
+
+    with_standin(scenario)
+
+
 def test_registrar_backs_off_while_go2rtc_is_down_and_masks_errors() -> None:
     async def scenario(standin: Go2rtcStandin, session: aiohttp.ClientSession) -> None:
         port = standin.port
@@ -319,34 +360,45 @@ def test_registrar_for_config_masks_the_stream_token_in_any_form() -> None:
     with_standin(scenario)
 
 
-def sections(text: str) -> list[Any]:
-    """The YAML documents between the `# --- title ---` comment lines."""
-    parts = [yaml.safe_load(part) for part in re.split(r"^# ---.*$", text, flags=re.M)]
-    return [part for part in parts if part is not None]
+def strict_yaml(text: str) -> Any:
+    """Parsed as go2rtc and Frigate parse it: a key given twice refuses the whole file."""
+    return load_yaml_strict(text, "snippet")
 
 
-def test_yaml_snippets() -> None:
-    text = render_yaml_snippets(parse_config(CONFIG))
+def test_go2rtc_snippet_is_one_valid_file_with_only_the_anonymized_streams() -> None:
+    text = render_yaml_snippets(parse_config(CONFIG), "go2rtc")
     assert text.startswith("#")
     for secret in ("cam-secret", "admin:", "pw-secret", "tok+en", "tok%2Ben"):
         assert secret not in text
-    go2rtc_doc, frigate_live, frigate_record = sections(text)
-    assert (
-        go2rtc_doc["streams"]["front_anon"]
-        == "http://deid:8080/streams/front_anon.ts?token=${DEID_STREAM_TOKEN}"
-    )
-    assert "off_anon" not in go2rtc_doc["streams"]
-    assert frigate_live["cameras"]["back"]["live"]["streams"] == {"Anonymized": "back_private"}
-    assert "{FRIGATE_DEID_STREAM_TOKEN}" in frigate_live["go2rtc"]["streams"]["front_anon"]
-    front_input = frigate_record["cameras"]["front"]["ffmpeg"]["inputs"][0]
-    assert front_input["path"] == "rtsp://127.0.0.1:8554/front_anon"
-    assert front_input["input_args"] == "preset-rtsp-restream"
+    document = strict_yaml(text)
+    assert document == {
+        "streams": {
+            "front_anon": "http://deid:8080/streams/front_anon.ts?token=${DEID_STREAM_TOKEN}",
+            "back_private": "http://deid:8080/streams/back_private.ts?token=${DEID_STREAM_TOKEN}",
+        }
+    }
+
+
+def test_frigate_snippet_is_one_valid_file_whose_cameras_see_only_the_anonymized_restream() -> None:
+    text = render_yaml_snippets(parse_config(CONFIG), "frigate")
+    for secret in ("cam-secret", "admin:", "pw-secret", "tok+en", "tok%2Ben"):
+        assert secret not in text
+    document = strict_yaml(text)  # one `cameras:` key, which the pasted old output had twice
+    assert set(document) == {"go2rtc", "cameras"}
+    assert set(document["go2rtc"]["streams"]) == {"front_anon", "back_private"}  # no raw stream
+    assert "{FRIGATE_DEID_STREAM_TOKEN}" in document["go2rtc"]["streams"]["front_anon"]
+    back = document["cameras"]["back"]
+    assert back["live"]["streams"] == {"Anonymized": "back_private"}
+    (restream,) = back["ffmpeg"]["inputs"]
+    assert restream["path"] == "rtsp://127.0.0.1:8554/back_private"
+    assert restream["input_args"] == "preset-rtsp-restream" and restream["roles"] == ["record", "detect"]
 
 
 def test_yaml_without_token() -> None:
     config = parse_config({"cameras": {"gate": {"source": "go2rtc:gate"}}})
-    go2rtc_doc = sections(render_yaml_snippets(config))[0]
-    assert go2rtc_doc == {"streams": {"gate_anon": "http://deid-sidecar:8080/streams/gate_anon.ts"}}
+    assert strict_yaml(render_yaml_snippets(config)) == {
+        "streams": {"gate_anon": "http://deid-sidecar:8080/streams/gate_anon.ts"}
+    }
 
 
 # --- redaction ----------------------------------------------------------------------------------------

@@ -67,12 +67,13 @@ def go2rtc_streams(relative: str) -> dict[str, Any]:
 
 
 def rendered_urls(config: Config) -> dict[str, str]:
-    """Stream name -> URL in `render_yaml_snippets`' output (the standalone and Frigate parts agree)."""
+    """Stream name -> URL in `render_yaml_snippets`' output (the go2rtc and Frigate files agree)."""
     urls: dict[str, str] = {}
-    for name, url in re.findall(
-        r"^\s*([A-Za-z0-9_.-]+): (https?://\S+)$", render_yaml_snippets(config), re.M
-    ):
-        assert urls.setdefault(name, url) == url
+    for target in ("go2rtc", "frigate"):
+        for name, url in re.findall(
+            r"^\s*([A-Za-z0-9_.-]+): (https?://\S+)$", render_yaml_snippets(config, target), re.M
+        ):
+            assert urls.setdefault(name, url) == url
     return urls
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import quote
@@ -23,6 +23,10 @@ from deid_sidecar.outputs.go2rtc_api import Go2rtcError, Go2rtcUnreachable, Stre
 from deid_sidecar.outputs.retry import RetryLoop
 
 log = logging.getLogger(__name__)
+
+#: A wanted stream's registration, as `Registrar.on_state` reports it (and /api/stats and MQTT show it).
+STREAM_STATES = ("registering", "registered", "not_persisted", "refused", "unreachable")
+StreamStateCallback = Callable[[str, str], None]
 
 
 def producer_urls(stream: Any) -> list[str] | None:
@@ -81,38 +85,67 @@ class Registrar(RetryLoop):
         # The registered sources carry server.stream_token: an error that echoes one masks it in any form.
         self._secrets = tuple(secrets)
         self.status = RegistrarStatus()
+        #: Told (stream name, state) whenever a wanted stream's registration changes state.
+        self.on_state: StreamStateCallback | None = None
+        self._states: dict[str, str] = {}
 
     def add(self, name: str, sources: Sequence[str]) -> None:
         """Register `name` too (a camera added at runtime), at once rather than at the next check."""
         self.wanted[name] = list(sources)
+        self._set_state(name, "registering")
         self.wake()
 
     async def remove(self, name: str) -> None:
         """Stop registering `name` and delete it from go2rtc if this registrar put it there."""
         self.wanted.pop(name, None)
+        self._states.pop(name, None)
         await self._delete(name)
 
     async def reconcile(self) -> list[str]:
-        """One pass: PUT every wanted stream that go2rtc lacks or has with other sources."""
+        """One pass: PUT every wanted stream that go2rtc lacks or has with other sources.
+
+        A stream go2rtc refuses does not hold up the others; the first refusal is raised at the end.
+        """
         current = await self.client.list_streams()
-        changed = []
+        changed, refused = [], []
         for name, sources in list(self.wanted.items()):  # add/remove may run while we await
             if needs_put(current.get(name), sources):
-                result = await self.client.put_stream(name, sources)
+                try:
+                    result = await self.client.put_stream(name, sources)
+                except Go2rtcUnreachable:
+                    raise
+                except Go2rtcError as exc:
+                    self._set_state(name, "refused")
+                    refused.append(exc)
+                    continue
                 self.status.puts += 1
                 self.status.persisted = result == "saved"
+                self._set_state(name, "registered" if result == "saved" else "not_persisted")
                 changed.append(name)
+            elif self._states.get(name) in (None, "registering", "unreachable", "refused"):
+                self._set_state(name, "registered")  # already there with exactly our source
             # Ours now (PUT by us, or already carrying exactly our source): close(remove) may delete it.
             self.status.registered.add(name)
             if name not in self.wanted:  # removed during the PUT: take it back out
                 await self._delete(name)
+        if refused:
+            raise refused[0]
         return changed
+
+    def _set_state(self, name: str, state: str) -> None:
+        if name not in self.wanted or self._states.get(name) == state:
+            return
+        self._states[name] = state
+        if self.on_state is not None:
+            self.on_state(name, state)
 
     async def attempt(self) -> float:
         """One reconcile; never raises for go2rtc trouble."""
         try:
             changed = await self.reconcile()
         except Go2rtcUnreachable as exc:
+            for name in list(self.wanted):
+                self._set_state(name, "unreachable")
             delay = self.failed(settle_s=self.interval_s)
             self._record_error(str(exc), logging.WARNING if self.worth_logging else logging.DEBUG)
             return delay
@@ -204,56 +237,51 @@ def _snippet_sources(config: Config, token_ref: str | None) -> dict[str, str]:
     return {(out := output_name(name, cam)): f"{base}/streams/{out}.ts{query}" for name, cam in cams.items()}
 
 
-def render_yaml_snippets(config: Config) -> str:
-    """go2rtc and Frigate config for the outputs. The stream token appears as an env reference only."""
-    token = None
+#: What `go2rtc-yaml` can print: each is ONE file, valid when pasted whole (no key twice).
+YAML_TARGETS = ("go2rtc", "frigate")
+
+
+def render_yaml_snippets(config: Config, target: str = "go2rtc") -> str:
+    """The YAML to add for the outputs: `go2rtc` (go2rtc.yaml's `streams:`) or `frigate` (Frigate's
+    config: its go2rtc streams and each camera's live view and record/detect input, in one `cameras:`).
+    The stream token appears as an environment reference only."""
+    if target not in YAML_TARGETS:
+        raise ValueError(f"target must be one of {', '.join(YAML_TARGETS)}")
+    token = config.server.stream_token is not None
     header = [
-        "# deid-sidecar: anonymized streams for go2rtc / Frigate.",
+        f"# deid-sidecar: anonymized streams for {'go2rtc (go2rtc.yaml)' if target == 'go2rtc' else 'Frigate'}.",
         "# Each camera's anonymized stream has its OWN name: never add it as a second source of the raw stream.",
     ]
-    if config.server.stream_token is not None:
-        header.append("# The stream URLs need server.stream_token: set DEID_STREAM_TOKEN (go2rtc) or")
-        header.append("# FRIGATE_DEID_STREAM_TOKEN (Frigate) in that container's environment.")
-        token = GO2RTC_TOKEN_REF
-    cams = {name: cam for name, cam in config.cameras.items() if cam.enabled}
-    outputs = {name: output_name(name, cam) for name, cam in cams.items()}
-    go2rtc_yaml = _dump({"streams": _snippet_sources(config, token)})
-    frigate_token = FRIGATE_TOKEN_REF if token else None
-    frigate_live = _dump(
-        {
-            "go2rtc": {"streams": _snippet_sources(config, frigate_token)},
-            "cameras": {cam: {"live": {"streams": {"Anonymized": out}}} for cam, out in outputs.items()},
-        }
-    )
-    frigate_record = _dump(
-        {
-            "cameras": {
-                cam: {
-                    "ffmpeg": {
-                        "inputs": [
-                            {
-                                "path": f"rtsp://127.0.0.1:8554/{out}",
-                                "input_args": "preset-rtsp-restream",
-                                "roles": ["record", "detect"],
-                            }
-                        ]
-                    }
-                }
-                for cam, out in outputs.items()
-            }
-        }
-    )
-    return "\n".join(
-        [
-            *header,
-            "",
-            "# --- standalone go2rtc (go2rtc.yaml) ---",
-            go2rtc_yaml,
-            "# --- Frigate: live view (Anonymized listed FIRST = default dashboard stream) ---",
-            frigate_live,
-            "# --- Frigate: record/detect the anonymized restream instead of the raw camera ---",
-            "# Replace the camera's ffmpeg.inputs with this, so recordings, snapshots and Home Assistant",
-            "# entities are anonymized too.",
-            frigate_record,
+    if target == "go2rtc":
+        if token:
+            header.append(
+                "# The stream URLs need server.stream_token: set DEID_STREAM_TOKEN in go2rtc's environment."
+            )
+        body = _dump({"streams": _snippet_sources(config, GO2RTC_TOKEN_REF if token else None)})
+    else:
+        if token:
+            header.append(
+                "# The stream URLs need server.stream_token: set FRIGATE_DEID_STREAM_TOKEN in Frigate's environment."
+            )
+        header += [
+            "# Merge into Frigate's config: `go2rtc: streams:` holds ONLY the anonymized streams, and each camera",
+            "# records, detects and shows the anonymized restream, so Frigate never holds the raw feed.",
         ]
-    )
+        body = _dump(_frigate_config(config, FRIGATE_TOKEN_REF if token else None))
+    return "\n".join([*header, "", body])
+
+
+def _frigate_config(config: Config, token_ref: str | None) -> dict[str, Any]:
+    outputs = {name: output_name(name, cam) for name, cam in config.cameras.items() if cam.enabled}
+    restream = {"input_args": "preset-rtsp-restream", "roles": ["record", "detect"]}
+    return {
+        "go2rtc": {"streams": _snippet_sources(config, token_ref)},
+        "cameras": {
+            cam: {
+                "ffmpeg": {"inputs": [{"path": f"rtsp://127.0.0.1:8554/{out}", **restream}]},
+                # The first entry is the dashboard's default stream.
+                "live": {"streams": {"Anonymized": out}},
+            }
+            for cam, out in outputs.items()
+        },
+    }
