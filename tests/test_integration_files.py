@@ -23,7 +23,13 @@ SETUPS = {
     "docker-compose.frigate.yml": ("config.frigate.yml", "frigate", "frigate/config.yml", "gpu"),
     "docker-compose.go2rtc-ha.yml": ("config.go2rtc-ha.yml", "go2rtc", "go2rtc/go2rtc.yaml", "cpu"),
 }
+#: Setups whose go2rtc holds only anonymized streams: the sidecar reads the cameras directly. Frigate's
+#: go2rtc is one of them because Frigate's UI (8971) lets any logged-in user play any of its streams.
+PRIVATE_SETUPS = {"docker-compose.frigate.yml"}
 PUSH = ("config.go2rtc-push.yml", "go2rtc/go2rtc.push.yaml")
+FRIGATE_IMAGE = "ghcr.io/blakeblackshear/frigate"
+#: Variables only the sidecar gets in the Frigate setup.
+CAMERA_VARS = {"CAMERA_USER", "CAMERA_PASSWORD"}
 
 ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 #: A reference without a default value: `${VAR}`, compose's `${VAR:?message}`, Frigate's `{FRIGATE_VAR}`.
@@ -163,7 +169,8 @@ def test_compose_sidecar_service(compose_name: str, monkeypatch: pytest.MonkeyPa
 
     # The sidecar's go2rtc and MQTT hosts are services of the same compose project.
     assert host_port(config.go2rtc.url) == (go2rtc_service, 1984)
-    assert host_port(config.go2rtc.rtsp_url) == (go2rtc_service, 8554)
+    if compose_name not in PRIVATE_SETUPS:  # the private setup reads no camera through go2rtc
+        assert host_port(config.go2rtc.rtsp_url) == (go2rtc_service, 8554)
     assert config.mqtt.enabled and config.mqtt.host in services
     assert set(sidecar["depends_on"]) >= {go2rtc_service, config.mqtt.host}
 
@@ -195,6 +202,22 @@ def test_go2rtc_and_frigate_get_the_variables_their_configs_reference() -> None:
     assert env_names(INTEGRATION / "frigate" / "config.yml") <= frigate_env
 
 
+def test_only_the_sidecar_gets_the_camera_credentials() -> None:
+    """Frigate setup: the sidecar reads the cameras, so it alone gets CAMERA_* (required, from .env)."""
+    services = load("docker-compose.frigate.yml")["services"]
+    sidecar_env = services[SIDECAR_SERVICE]["environment"]
+    assert env_names(INTEGRATION / "deid-sidecar" / "config.frigate.yml") >= CAMERA_VARS
+    for var in CAMERA_VARS:
+        assert re.fullmatch(rf"\$\{{{var}:\?[^}}]+\}}", sidecar_env[var]), var
+    for name, service in services.items():
+        if name == SIDECAR_SERVICE:
+            continue
+        for key, value in service.get("environment", {}).items():
+            assert "CAMERA" not in key and "CAMERA" not in str(value), f"{name}: {key}"
+    text = (INTEGRATION / "frigate" / "config.yml").read_text(encoding="utf-8")
+    assert not re.search(r"\{FRIGATE_CAMERA_|\$\{CAMERA_", text)
+
+
 # --- stream names and URLs ------------------------------------------------------------------------
 
 
@@ -204,6 +227,10 @@ def test_stream_names_agree(compose_name: str, monkeypatch: pytest.MonkeyPatch) 
     config = sidecar_config(config_name, monkeypatch)
     streams = go2rtc_streams(streams_file)
     assert set(anon_streams(streams)) == outputs(config) == {f"{cam}_anon" for cam in config.cameras}
+    if compose_name in PRIVATE_SETUPS:
+        # No raw stream at all: the sidecar reads the cameras itself.
+        assert set(streams) == set(anon_streams(streams))
+        return
     # Every camera the sidecar reads is a raw stream of that go2rtc.
     raw = {cam.source.removeprefix("go2rtc:") for cam in config.cameras.values()}
     assert raw == set(streams) - set(anon_streams(streams))
@@ -238,37 +265,102 @@ def test_push_snippet_declares_empty_streams(monkeypatch: pytest.MonkeyPatch) ->
     assert "/api/stream.ts" in load(streams_file)["api"]["allow_paths"]
 
 
-# --- Frigate ---------------------------------------------------------------------------------------
+# --- Frigate: private by construction -------------------------------------------------------------
+# Frigate's nginx on 8971 forwards its live-view paths to go2rtc over loopback (no go2rtc credentials),
+# so ANY logged-in Frigate user, whatever the role, can play any stream Frigate's go2rtc holds. The
+# default Frigate files therefore keep the raw feed out of Frigate entirely.
 
 
-def test_frigate_live_view_lists_the_anonymized_stream_first() -> None:
-    cameras = load("frigate/config.yml")["cameras"]
-    for name, camera in cameras.items():
-        first = next(iter(camera["live"]["streams"].values()))
-        assert first == f"{name}_anon", name
+def test_frigate_go2rtc_holds_only_the_sidecars_anonymized_streams(monkeypatch: pytest.MonkeyPatch) -> None:
+    config = sidecar_config("config.frigate.yml", monkeypatch)
+    streams = go2rtc_streams("frigate/config.yml")
+    assert set(streams) == outputs(config)
+    for name, source in streams.items():
+        # One pull URL of the sidecar each: no raw camera, no second source, no credentials.
+        assert isinstance(source, str), f"{name}: one source, not {source!r}"
+        parts = urlsplit(source)
+        assert (parts.scheme, parts.hostname, parts.port) == ("http", SIDECAR_SERVICE, config.server.port)
+        assert parts.path == f"/streams/{name}.ts", name
+        assert parts.username is None and parts.password is None, name
 
 
-def test_frigate_anonymized_only_camera(monkeypatch: pytest.MonkeyPatch) -> None:
-    """At least one camera records and detects ONLY the anonymized restream, at the sidecar's size."""
+def test_frigate_holds_no_camera_url_or_credentials(monkeypatch: pytest.MonkeyPatch) -> None:
+    config = sidecar_config("config.frigate.yml", monkeypatch)
+    camera_hosts = {
+        urlsplit(source).hostname
+        for cam in config.cameras.values()
+        for source in (cam.source, cam.detect_source)
+        if source
+    }
+    assert camera_hosts and SIDECAR_SERVICE not in camera_hosts
+    for key, value in walk(load("frigate/config.yml")):
+        if not isinstance(value, str):
+            continue
+        assert not URL_USERINFO.search(value), f"{key}: a URL with credentials"
+        if "://" in value:
+            assert urlsplit(value).hostname not in camera_hosts, f"{key}: a camera URL"
+
+
+def test_frigate_cameras_read_only_their_anonymized_restream(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every camera records and detects ONLY `<cam>_anon`, at the sidecar's output size, and its live
+    view lists only anonymized streams: recordings, snapshots, stills and the jsmpeg fallback too."""
     config = sidecar_config("config.frigate.yml", monkeypatch)
     frigate = load("frigate/config.yml")
-    anonymized_only = []
-    for name, camera in frigate["cameras"].items():
+    cameras = frigate["cameras"]
+    assert set(cameras) == set(config.cameras)
+    anonymized = set(anon_streams(frigate["go2rtc"]["streams"]))
+    for name, camera in cameras.items():
         inputs = camera["ffmpeg"]["inputs"]
-        paths = {i["path"] for i in inputs}
-        if paths == {f"rtsp://127.0.0.1:8554/{name}_anon"}:
-            anonymized_only.append(name)
-            assert inputs[0]["input_args"] == "preset-rtsp-restream"
-            assert set(inputs[0]["roles"]) == {"record", "detect"}
-            assert camera["detect"]["height"] == config.cameras[name].output.height
-            assert set(camera["live"]["streams"].values()) == {f"{name}_anon"}
-        else:
-            # The other layout reads Frigate's own raw restream, never the camera directly.
-            assert paths == {f"rtsp://127.0.0.1:8554/{name}"}
-    assert anonymized_only
+        assert [i["path"] for i in inputs] == [f"rtsp://127.0.0.1:8554/{name}_anon"], name
+        assert inputs[0]["input_args"] == "preset-rtsp-restream"
+        assert set(inputs[0]["roles"]) == {"record", "detect"}
+        assert camera["detect"]["height"] == config.cameras[name].output.height
+        live = camera["live"]["streams"]
+        assert next(iter(live.values())) == f"{name}_anon", name  # the dashboard's default
+        assert set(live.values()) <= anonymized, name
+
+
+def test_frigate_config_contains_what_go2rtc_yaml_prints(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`deid-sidecar go2rtc-yaml --for frigate` and the shipped Frigate config describe the same layout."""
+    config = sidecar_config("config.frigate.yml", monkeypatch)
+    snippet = yaml.safe_load(render_yaml_snippets(config, "frigate"))
+    frigate = load("frigate/config.yml")
+    assert frigate["go2rtc"]["streams"] == snippet["go2rtc"]["streams"]
+    for name, expected in snippet["cameras"].items():
+        camera = frigate["cameras"][name]
+        assert camera["ffmpeg"]["inputs"] == expected["ffmpeg"]["inputs"], name
+        assert camera["live"] == expected["live"], name
+
+
+def test_sidecar_reads_the_cameras_not_frigates_go2rtc(monkeypatch: pytest.MonkeyPatch) -> None:
+    config = sidecar_config("config.frigate.yml", monkeypatch)
+    services = set(load("docker-compose.frigate.yml")["services"])
+    for name, cam in config.cameras.items():
+        for source in (cam.source, cam.detect_source):
+            if source is None:
+                continue
+            assert not source.startswith("go2rtc:"), name
+            parts = urlsplit(source)
+            assert parts.scheme in {"rtsp", "rtsps"}, name
+            # A camera on the LAN, not a service of the compose project (rtsp://frigate:8554/...).
+            assert parts.hostname not in services, name
+            assert (parts.username, parts.password) == ("test-camera_user", "test-camera_password"), name
+    # Still registered in Frigate's go2rtc, which pulls them from the sidecar.
+    assert config.go2rtc.register_streams
+
+
+def test_frigate_compose_service_follows_frigates_docs() -> None:
+    frigate = load("docker-compose.frigate.yml")["services"]["frigate"]
+    image, _, tag = frigate["image"].partition(":")
+    assert image == FRIGATE_IMAGE
+    # Pinned to a tested release (`0.17.2`, optionally with a variant suffix), never :stable/:latest.
+    assert re.fullmatch(r"\d+\.\d+\.\d+(-[a-z0-9]+)?", tag), frigate["image"]
+    assert frigate["stop_grace_period"] == "30s"
+    assert "/etc/localtime:/etc/localtime:ro" in frigate["volumes"]
 
 
 def test_frigate_go2rtc_has_credentials() -> None:
+    """They guard the anonymized streams from the network; the sidecar registers with them."""
     go2rtc = load("frigate/config.yml")["go2rtc"]
     for section in ("api", "rtsp"):
         assert go2rtc[section]["username"] and go2rtc[section]["password"]

@@ -36,8 +36,9 @@ CONNECT_TIMEOUT_S = 10.0
 def not_declared_hint(name: str, sidecar_stream_url: str) -> str:
     return (
         f"go2rtc has no stream {name!r} to push into. Standalone go2rtc: add `{name}:` with an empty "
-        f"value under `streams:` in go2rtc.yaml. Frigate 0.17+ removes empty streams: add "
-        f"`{name}: {sidecar_stream_url}` under `go2rtc: streams:` instead (go2rtc then also pulls it)."
+        f"value under `streams:` in go2rtc.yaml. Frigate 0.16+ drops streams written as `{name}: []`: "
+        f"add `{name}: {sidecar_stream_url}` under `go2rtc: streams:` as a placeholder source instead "
+        "(go2rtc then also pulls it)."
     )
 
 
