@@ -28,7 +28,12 @@ CRF = 18
 HEAD_MARGIN = 0.45  # the pasted patch reaches this far beyond the face box: hair, ears, chin
 FEATHER = 0.12  # soft alpha edge, as a fraction of the patch's smaller side
 MIN_VISIBLE = 0.5  # a box counts only while this share of it lies inside the frame and is not hidden
-MOTIONS = ("walk_across", "approach", "pop_in", "edge_enter", "fast", "occlusion", "small", "plate_on_car")
+#: Faces crossing an edge count from a QUARTER visible: a quarter face (an eye, half a mouth) identifies.
+EDGE_MIN_VISIBLE = 0.25
+EDGE_MOTIONS = ("edge_in", "edge_out")
+MOTIONS = ("walk_across", "approach", "pop_in", *EDGE_MOTIONS, "fast", "occlusion", "small", "plate_on_car")
+#: A face box is about this much taller than wide (the GT boxes of the source photos).
+FACE_ASPECT = 1.2
 
 #: Face boxes (x1, y1, x2, y2) in the source photos, checked by eye.
 FACE_BOXES = {
@@ -147,6 +152,44 @@ def _linear(x0: float, y0: float, vx: float, vy: float, width: float, start: int
     return at
 
 
+def _edge_path(edge: str, entering: bool, width: float, speed: float, lane: float, start: int) -> Path_:
+    """A face crossing `edge`: entering from just outside (5% of its box in view), or leaving from
+    just inside (whole, 20 px from the edge) until it is gone."""
+    half_w, half_h = width / 2, width * FACE_ASPECT / 2
+    outside = {
+        "left": -0.9 * half_w,
+        "right": WIDTH + 0.9 * half_w,
+        "top": -0.9 * half_h,
+        "bottom": HEIGHT + 0.9 * half_h,
+    }
+    inside = {
+        "left": half_w + 20,
+        "right": WIDTH - half_w - 20,
+        "top": half_h + 20,
+        "bottom": HEIGHT - half_h - 20,
+    }
+    outward = {"left": -1.0, "right": 1.0, "top": -1.0, "bottom": 1.0}[edge]
+    along = (-outward if entering else outward) * speed
+    at = outside[edge] if entering else inside[edge]
+    if edge in ("left", "right"):
+        return _linear(at, lane, along, 0, width, start)
+    return _linear(lane, at, 0, along, width, start)
+
+
+def _edge_actors(
+    motion: str, rng: np.random.Generator, face: Callable[[int], Sprite], duration: float
+) -> list[Actor]:
+    """One face per edge, staggered in time, at walking speeds."""
+    actors = []
+    for k, edge in enumerate(("left", "right", "top", "bottom")):
+        width = float(rng.uniform(60, 110))
+        lane = float(rng.uniform(160, 560)) if edge in ("left", "right") else float(rng.uniform(250, 1030))
+        start = int(k * duration * FPS / 5)
+        path = _edge_path(edge, motion == "edge_in", width, float(rng.uniform(80, 160)), lane, start)
+        actors.append(Actor(face(k), motion, path, k))
+    return actors
+
+
 def make_actors(
     motion: str, rng: np.random.Generator, faces: list[Sprite], car: Sprite, frames: int
 ) -> list[Actor]:
@@ -183,14 +226,8 @@ def make_actors(
             actors.append(
                 Actor(face(k), motion, _linear(x, y, rng.uniform(-20, 20), 0, rng.uniform(50, 90), start), k)
             )
-    elif motion == "edge_enter":
-        for k in range(2):
-            width = float(rng.uniform(60, 100))
-            if k == 0:  # from the right edge, walking in
-                path = _linear(WIDTH + width * 0.2, lanes[k], -150.0, 0, width)
-            else:  # from the bottom edge, rising into view
-                path = _linear(rng.uniform(300, 900), HEIGHT + width * 0.2, 0, -120.0, width)
-            actors.append(Actor(face(k), motion, path, k))
+    elif motion in EDGE_MOTIONS:
+        actors += _edge_actors(motion, rng, face, duration)
     elif motion == "fast":
         for k in range(2):
             speed = float(rng.uniform(500, 700)) * (1 if k == 0 else -1)
@@ -273,7 +310,7 @@ def render(
                     "box": [round(v, 1) for v in clipped],
                     "motion": motion,
                     "id": actor.actor_id,
-                    "visible": share >= MIN_VISIBLE,
+                    "visible": share >= (EDGE_MIN_VISIBLE if motion in EDGE_MOTIONS else MIN_VISIBLE),
                 }
             )
         if bar is not None:

@@ -225,6 +225,14 @@ class PrivacyConfig(Strict):
         le=5000,
         description="Live look-ahead: publish frames this late so new objects are masked back.",
     )
+    edge_band: float = Field(
+        0.14,
+        ge=0.0,
+        le=0.5,
+        description="Live: along each edge, a band this wide (fraction of the frame height) in which "
+        "whatever moves is hidden, so a face entering or leaving is masked while only part of it is "
+        "in view (before a detector can find it). 0 turns the guard off.",
+    )
     detect_every: int = Field(
         0,
         ge=0,

@@ -24,6 +24,7 @@ from deid_sidecar.core.detections import Detections
 from deid_sidecar.core.image import Image
 from deid_sidecar.detect.base import Detector
 from deid_sidecar.track.policy import DelayBuffer, DetectionScheduler
+from deid_sidecar.track.edges import EdgeGuard, Rect
 from deid_sidecar.track.scenecut import SceneCutDetector
 from deid_sidecar.track.tracker import Tracker
 
@@ -41,6 +42,7 @@ class FrameWork:
     t: float
     index: int
     whole_frame: bool  # no detection vouches for this frame: hide all of it
+    edge_regions: list[Rect]  # moving regions along the edges, hidden too (track/edges.py)
 
 
 @dataclass(frozen=True)
@@ -89,6 +91,8 @@ class FrameProcessor:
         self.tracker = Tracker(hold_s=privacy.hold_s)
         self.scheduler = DetectionScheduler(every=privacy.detect_every or 1)
         self.scene_cuts = SceneCutDetector()
+        # Live only: file mode's look-ahead masks entering faces back from their first detection.
+        self.edge_guard = EdgeGuard(privacy.edge_band if realtime else 0.0)
         if lookahead_frames is not None:
             self.delay: DelayBuffer[FrameWork] = DelayBuffer(
                 delay_s=float("inf"), backfill_s=float("inf"), max_frames=lookahead_frames
@@ -124,7 +128,8 @@ class FrameProcessor:
         if generation != self._generation:
             self._restart(generation)
         whole_frame, mask, born, observed = self._decide(image, t, index, detect_image)
-        work = FrameWork(image, t, index, whole_frame)
+        edges = self.edge_guard.regions(image) if self.detection_enabled else []
+        work = FrameWork(image, t, index, whole_frame, edges)
         released = self.delay.push(work, t, mask, born, observed)
         return [self._finish(p.payload, p.mask) for p in released]
 
@@ -144,6 +149,7 @@ class FrameProcessor:
         self._generation = generation
         self.tracker.reset()
         self.scheduler.reset()
+        self.edge_guard.reset()
         self._last_detect_t = None
 
     def _decide(
@@ -212,5 +218,8 @@ class FrameProcessor:
         else:
             self.anonymizer.apply(image, mask)
             self.counters.objects_masked += len(mask)
+            for x1, y1, x2, y2 in work.edge_regions:  # not objects: no events, no counts
+                roi = image[y1:y2, x1:x2]
+                roi[...] = self.anonymizer.mask_region(roi)
         self.zones.apply(image)
         return Processed(image, work.t, work.index, mask, work.whole_frame)
