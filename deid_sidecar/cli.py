@@ -71,6 +71,11 @@ def _protect_list(value: str | None) -> list[str] | None:
 def _cmd_file(args: argparse.Namespace) -> int:
     from deid_sidecar.engine.filemode import FileOptions, anonymize_file
 
+    if args.live:
+        return _cmd_file_live(args)
+    for given, flag in ((args.delay_ms is not None, "--delay-ms"), (args.no_pace, "--no-pace")):
+        if given:
+            raise UserError(f"{flag} needs --live (it sets how the live replay runs)")
     options = FileOptions(
         protect=_protect_list(args.protect),
         method=Method(args.method) if args.method else None,
@@ -81,6 +86,28 @@ def _cmd_file(args: argparse.Namespace) -> int:
     summary = anonymize_file(Path(args.input), Path(args.output), _load(args), options)
     if not args.quiet:
         print(summary.describe())
+    return 0
+
+
+def _cmd_file_live(args: argparse.Namespace) -> int:
+    """`file --live`: what a camera would publish for this file (engine/simulate.py)."""
+    from deid_sidecar.engine.simulate import simulate_live
+
+    if args.audit:
+        raise UserError("--audit is for file mode; --live writes what a camera publishes, and no audit")
+    config = _load(args)
+    frames = simulate_live(
+        Path(args.input),
+        Path(args.output),
+        delay_ms=args.delay_ms,
+        config=config,
+        protect=_protect_list(args.protect),
+        method=Method(args.method) if args.method else None,
+        pace=not args.no_pace,
+    )
+    if not args.quiet:
+        delay = config.privacy.delay_ms if args.delay_ms is None else args.delay_ms
+        print(f"{args.output}: {frames} frames as a live camera would publish them (delay {delay} ms)")
     return 0
 
 
@@ -167,6 +194,21 @@ def build_parser() -> argparse.ArgumentParser:
     _add_file_options(file)
     file.add_argument("--no-audio", action="store_true", help="drop the audio track")
     file.add_argument("--audit", help="write per-frame boxes, model ids and sha256s to this JSON file")
+    file.add_argument(
+        "--live",
+        action="store_true",
+        help="write what a live camera would publish: causal, the live detection budget and schedule, "
+        "frames paced at the file's rate; one output frame per input frame, timestamps kept, no audio",
+    )
+    file.add_argument(
+        "--delay-ms",
+        type=int,
+        metavar="N",
+        help="with --live: the privacy delay in ms (default: the config's privacy.delay_ms)",
+    )
+    file.add_argument(
+        "--no-pace", action="store_true", help="with --live: replay as fast as possible instead (CI)"
+    )
     file.set_defaults(handler=_cmd_file)
 
     image = commands.add_parser("image", help="anonymize an image")
