@@ -23,8 +23,8 @@ from deid_sidecar.config import PrivacyConfig, WholeFrameMask
 from deid_sidecar.core.detections import Detections
 from deid_sidecar.core.image import Image
 from deid_sidecar.detect.base import Detector
-from deid_sidecar.track.policy import DelayBuffer, DetectionScheduler
 from deid_sidecar.track.edges import EdgeGuard, Rect
+from deid_sidecar.track.policy import DelayBuffer, DetectionScheduler
 from deid_sidecar.track.scenecut import SceneCutDetector
 from deid_sidecar.track.tracker import Tracker
 
