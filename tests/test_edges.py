@@ -151,6 +151,6 @@ def test_regions_reach_the_edge_and_cover_the_part_in_view() -> None:
     image, visible = frame_with_face(-FACE_W // 2, 130)  # half the face in view at the left edge
     frames.append(image)
     regions = guard_regions(frames)[-1]
-    x1, y1, x2, y2 = visible
+    _, y1, x2, y2 = visible
     # From the frame's left edge over all of the face that is in view.
     assert any(r[0] == 0 and r[1] <= y1 and r[2] >= x2 and r[3] >= y2 for r in regions), (regions, visible)
