@@ -7,6 +7,7 @@ readable plate moving over OpenCV's vtest.avi at 720p), so every object's true b
 from __future__ import annotations
 
 import sys
+from fractions import Fraction
 from pathlib import Path
 
 import av
@@ -155,3 +156,32 @@ def write_clip_with_audio(path: Path, seconds: float) -> None:
         for stream in (video, audio):
             for packet in stream.encode(None):
                 out.mux(packet)
+
+
+def write_variable_rate_clip(path: Path) -> list[float]:
+    """A phone-like clip: frames 33 ms apart with a 100 ms gap every third one; returns their times."""
+    times, t = [], 0
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("libx264", rate=30)
+        stream.width, stream.height, stream.pix_fmt = 320, 240, "yuv420p"
+        stream.codec_context.time_base = stream.time_base = Fraction(1, 1000)
+        for i in range(30):
+            frame = av.VideoFrame.from_ndarray(np.full((240, 320, 3), i * 7 % 255, np.uint8), format="bgr24")
+            frame.pts, frame.time_base = t, Fraction(1, 1000)
+            times.append(t / 1000)
+            t += 33 if i % 3 else 100
+            for packet in stream.encode(frame):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    return times
+
+
+def test_a_variable_frame_rate_video_keeps_its_uneven_timestamps(tmp_path: Path, models_dir: Path) -> None:
+    times = write_variable_rate_clip(tmp_path / "phone.mp4")
+    config = parse_config({"models_dir": str(models_dir)})
+    anonymize_file(tmp_path / "phone.mp4", tmp_path / "out.mp4", config, FileOptions(protect=["face"]))
+    with av.open(str(tmp_path / "out.mp4")) as container:
+        stream = container.streams.video[0]
+        written = [float(frame.pts * stream.time_base) for frame in container.decode(stream)]
+    assert written == pytest.approx(times, abs=0.002)

@@ -182,7 +182,10 @@ class VideoWriter:
         self.video.width = video_in.width - video_in.width % 2
         self.video.height = video_in.height - video_in.height % 2
         self.video.pix_fmt = "yuv420p"
+        # The encoder counts in the input's time base too: in 1/rate, the uneven frame times of a
+        # variable-rate video (phones) would round onto each other and the muxer refuse them.
         self.video.time_base = video_in.time_base
+        self.video.codec_context.time_base = video_in.time_base
         # Quality close to the input: the masked areas must not be undone by compression artefacts.
         self.video.options = {"crf": "20", "preset": "veryfast"}
         self.audio_in = source.streams.audio[0] if keep_audio and source.streams.audio else None
@@ -208,7 +211,7 @@ class VideoWriter:
 
     def _submit(self, job: Callable[[], None]) -> None:
         if self._error is not None:
-            raise self._error
+            raise UserError(f"cannot write the output: {self._error}") from None
         self._jobs.put(job)
 
     def write_video(self, processed: Processed, pts: int | None) -> None:
