@@ -11,9 +11,11 @@ from deid_sidecar.config import Config, Method, parse_config
 from deid_sidecar.events.discovery import (
     CAMERA_STATES,
     STAT_SENSORS,
+    device_name,
     device_payload,
     discovery_messages,
     removal_messages,
+    stale_device_removal,
 )
 
 # Required options per platform (HA core components/mqtt/<platform>.py schemas).
@@ -168,11 +170,73 @@ def test_removal_is_empty_retained() -> None:
     ],
 )
 def test_stale_devices_of_removed_cameras_are_cleared(topic: str, payload: object, removed: bool) -> None:
-    from deid_sidecar.events.discovery import stale_device_removal
-
     config = parse_config({"mqtt": {"enabled": True}, "cameras": {"front": {"source": "go2rtc:front"}}})
     raw = b"" if payload is None else json.dumps(payload).encode()
-    message = stale_device_removal(config, topic, raw)
-    assert (message is not None) == removed
-    if message is not None:
-        assert message.topic == topic and message.retain and message.payload_bytes == b""
+    messages = stale_device_removal(config, topic, raw)
+    assert bool(messages) == removed
+    if messages:
+        assert messages[0].topic == topic and messages[0].retain and messages[0].payload_bytes == b""
+
+
+def test_stale_device_removal_clears_the_cameras_retained_state_topics() -> None:
+    """The removed camera's device goes, and so does everything of it the broker kept: status, stats,
+    counts, command state; the current camera's topics and non-retained ones are left alone."""
+    old = make_config(allow_remote_unmask=True)
+    (config_message, *_) = discovery_messages(old, {"back.yard": old.cameras["back.yard"]})
+    now = parse_config({"mqtt": {"enabled": True}, "cameras": {"front": {"source": "go2rtc:front"}}})
+    messages = stale_device_removal(now, config_message.topic, config_message.payload_bytes)
+    assert messages[0].topic == config_message.topic  # the device first, its state after
+    assert all(m.retain and m.qos == 1 and m.payload_bytes == b"" for m in messages)
+    cleared = {m.topic for m in messages[1:]}
+    assert cleared == {
+        "deid/back.yard/status",
+        "deid/back.yard/stats",
+        "deid/back.yard/face",
+        "deid/back.yard/license_plate",
+        "deid/back.yard/person",
+        "deid/back.yard/privacy/state",
+        "deid/back.yard/zones/state",
+        "deid/back.yard/method/state",
+        "deid/back.yard/detection/state",
+    }
+    # Every retained topic the old payload pointed HA at is among them (snapshot and event are not retained).
+    pointed = {
+        value
+        for cmp in json.loads(config_message.payload)["cmps"].values()
+        for key, value in cmp.items()
+        if key in {"state_topic"}
+    }
+    assert pointed - {"deid/back.yard/event"} <= cleared
+
+
+def test_stale_device_without_a_readable_status_topic_is_removed_alone() -> None:
+    config = parse_config({"mqtt": {"enabled": True}, "cameras": {"front": {"source": "go2rtc:front"}}})
+    topic = "homeassistant/device/deid_gone/config"
+    for cmps in ({}, {"status": {"state_topic": "other/gone/status"}}, {"status": "x"}, []):
+        payload = json.dumps({"o": {"name": "deid-sidecar"}, "cmps": cmps}).encode()
+        assert [m.topic for m in stale_device_removal(config, topic, payload)] == [topic]
+
+
+@pytest.mark.parametrize(
+    ("camera", "name"),
+    [
+        ("front_door", "Front door privacy"),
+        ("garage", "Garage privacy"),
+        ("back.yard", "Back.yard privacy"),
+        ("side__gate_", "Side gate privacy"),
+        ("GarageCam", "GarageCam privacy"),
+    ],
+)
+def test_device_name_reads_as_words(camera: str, name: str) -> None:
+    assert device_name(camera) == name
+    config = parse_config({"mqtt": {"enabled": True}, "cameras": {camera: {"source": "go2rtc:x"}}})
+    assert device_payload(config, camera)["dev"]["name"] == name
+
+
+def test_entity_names_are_short_so_entity_ids_read_well() -> None:
+    """HA's entity id is slugify("<device name> <entity name>"): no parenthesised explanations."""
+    cmps = device_payload(make_config(allow_remote_unmask=True), "front")["cmps"]
+    assert cmps["detection"]["name"] == "Detection"
+    for key, cmp in cmps.items():
+        if "name" in cmp:
+            assert len(cmp["name"]) <= 24 and not set("()") & set(cmp["name"]), (key, cmp["name"])

@@ -19,7 +19,15 @@ from deid_sidecar.events.tracker_events import EventTracker
 HA_DIR = Path(__file__).resolve().parents[1] / "integration" / "homeassistant"
 CAMERA = "front_door"
 CONFIG = parse_config({"mqtt": {"enabled": True}, "cameras": {CAMERA: {"source": f"go2rtc:{CAMERA}"}}})
-PLATFORM_DOMAIN = {"sensor": "sensor", "binary_sensor": "binary_sensor", "image": "image", "event": "event"}
+PLATFORM_DOMAIN = {
+    "sensor": "sensor",
+    "binary_sensor": "binary_sensor",
+    "image": "image",
+    "event": "event",
+    "switch": "switch",
+    "select": "select",
+}
+README = Path(__file__).resolve().parents[1] / "README.md"
 
 
 def load(name: str) -> Any:
@@ -119,3 +127,80 @@ def test_face_at_night_and_plate_counter() -> None:
     assert counter["actions"][0]["action"] == "counter.increment"
     assert "'license_plate'" in counter["conditions"][0]["value_template"]
     assert "'new'" in counter["conditions"][0]["value_template"]
+
+
+def notify_actions(automation: dict[str, Any]) -> list[dict[str, Any]]:
+    return [a for a in automation["actions"] if str(a.get("action", "")).startswith("notify.")]
+
+
+def test_notifications_use_a_service_a_default_install_has() -> None:
+    """`notify.notify` only exists with a legacy notify platform; `notify.send_message` (to a notify
+    entity) is there on every install, or a mobile_app target."""
+    automations = load("automations.yaml")
+    notifying = [a for a in automations if notify_actions(a)]
+    assert notifying, "the face-at-night example notifies"
+    for automation in notifying:
+        for action in notify_actions(automation):
+            assert action["action"] != "notify.notify", automation["id"]
+            if action["action"] == "notify.send_message":
+                assert action["target"]["entity_id"].startswith("notify.")
+                assert action["data"]["message"]
+            else:
+                assert action["action"].startswith("notify.mobile_app_"), action["action"]
+
+
+def _seconds(delay: Any) -> float:
+    if isinstance(delay, dict):
+        return 3600 * delay.get("hours", 0) + 60 * delay.get("minutes", 0) + delay.get("seconds", 0)
+    hours, minutes, seconds = (float(part) for part in str(delay).split(":"))
+    return 3600 * hours + 60 * minutes + seconds
+
+
+def test_notifications_are_rate_limited() -> None:
+    """A busy scene starts several face events a second: each notifying automation runs one at a time
+    (`mode: single`, extra triggers dropped silently) and ends with a delay of a minute or more."""
+    for automation in load("automations.yaml"):
+        if not notify_actions(automation):
+            continue
+        assert automation["mode"] == "single", automation["id"]
+        assert automation.get("max_exceeded") == "silent", automation["id"]
+        last = automation["actions"][-1]
+        assert "delay" in last and _seconds(last["delay"]) >= 60, automation["id"]
+
+
+def test_device_and_control_entity_ids_read_well() -> None:
+    payload = device_payload(CONFIG, CAMERA)
+    assert payload["dev"]["name"] == "Front door privacy"
+    ids = discovered_entity_ids()
+    assert "switch.front_door_privacy_detection" in ids
+    assert "select.front_door_privacy_masking_method" in ids
+    assert "sensor.front_door_privacy_faces" in ids
+    assert all(len(entity_id) <= 60 for entity_id in ids), sorted(ids, key=len)[-1]
+
+
+def readme_topic_rows() -> list[str]:
+    text = README.read_text(encoding="utf-8")
+    section = text[text.index("## MQTT and Home Assistant") :]
+    section = section[: section.index("\n## ", 1)]
+    return [line for line in section.splitlines() if line.startswith("| `")]
+
+
+def test_readme_topic_table_lists_every_topic_the_sidecar_publishes() -> None:
+    topics = Topics(CONFIG.mqtt.prefix, CONFIG.mqtt.discovery_prefix)
+    cam = "<cam>"
+    first_cells = [row.split("|")[1] for row in readme_topic_rows()]
+    for topic in (
+        topics.available,
+        topics.events,
+        topics.status(cam),
+        topics.event(cam),
+        topics.snapshot(cam),
+        topics.stats(cam),
+        topics.count(cam, "face"),
+        f"{topics.discovery_prefix}/device/{topics.prefix}_{cam}/config",
+    ):
+        assert any(f"`{topic}`" in cell for cell in first_cells), (
+            f"{topic} missing from the README's topic table"
+        )
+    assert any("/set`" in cell and "detection" in cell for cell in first_cells)
+    assert any("/state`" in cell for cell in first_cells)

@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from mosquitto import Broker, Recorder, free_port, running_broker
+from mosquitto import Broker, Received, Recorder, free_port, running_broker
 
 from deid_sidecar.config import Config, Method, Zone, parse_config
 from deid_sidecar.core.detections import Detections, Label
@@ -189,14 +189,20 @@ def test_broker_restart_resends_availability_and_discovery(broker: Broker) -> No
     events = MqttEvents(make_config(broker.port))
     events.start()
     try:
-        wait_connected(events)
-        events.on_status("front", "degraded")
+        before_restart = Recorder(broker.port, ["deid/#"], client_id="before-restart")
+        try:
+            before_online(before_restart, 0)
+            events.on_status("front", "degraded")
+            before_restart.wait_topic("deid/front/status", b"degraded")  # nothing left in flight
+        finally:
+            before_restart.close()
         broker.restart()  # persistence false: every retained message is gone
         rec = Recorder(broker.port, ["deid/#", "homeassistant/#"], client_id="after-restart")
         try:
-            rec.wait_topic("deid/available", b"online", timeout=15)
+            before = before_online(rec, 0, timeout=15)
             rec.wait_topic("homeassistant/device/deid_front/config", timeout=15)
-            assert rec.wait_topic("deid/front/status", timeout=15).payload == b"degraded"
+            # The current status, before `online`: HA never shows an old one as available.
+            assert [m.payload for m in before if m.topic == "deid/front/status"] == [b"degraded"]
             assert events.connects >= 2
         finally:
             rec.close()
@@ -418,6 +424,114 @@ def test_devices_of_cameras_removed_from_the_config_are_cleared(broker: Broker) 
         recorder.wait_topic("homeassistant/device/deid_garage/config", payload=b"", start=mark)
         current = recorder.on_topic("homeassistant/device/deid_front/config")
         assert current[-1].payload, "configured cameras keep their device"
+    finally:
+        events.stop()
+        recorder.close()
+
+
+def before_online(recorder: Recorder, start: int, timeout: float = 10.0) -> list[Received]:
+    """The live messages from `start` up to the next `deid/available online`."""
+    recorder.wait_topic("deid/available", b"online", start=start, timeout=timeout)
+    messages = recorder.messages[start:]
+    end = next(i for i, m in enumerate(messages) if m.topic == "deid/available" and m.payload == b"online")
+    # Live messages only (the old run's retained ones reached the recorder when it subscribed).
+    return [m for m in messages[:end] if not m.retain]
+
+
+def test_status_and_state_go_out_before_online(broker: Broker) -> None:
+    """After a restart the broker still has the old run's retained status (and the last will's
+    `offline`). Every retained state of the new run goes out before `online`, and a camera whose
+    pipeline has not reported yet says `starting`: HA never shows the stale status as available."""
+    stale = Recorder(broker.port, ["old-run/unused"], client_id="old-run")
+    stale.publish("deid/front/status", "degraded", retain=True)
+    stale.publish("deid/available", "offline", retain=True)
+    stale.close()
+    recorder = Recorder(broker.port, ["deid/#", "homeassistant/#"])
+    events = MqttEvents(make_config(broker.port))
+    events.start()
+    try:
+        before = before_online(recorder, 0)
+        topics = [m.topic for m in before]
+        assert [m.payload for m in before if m.topic == "deid/front/status"] == [b"starting"]
+        assert [m.payload for m in before if m.topic == "deid/back/status"] == [b"starting"]
+        assert {"deid/front/detection/state", "deid/front/method/state", "deid/back/privacy/state"} <= set(
+            topics
+        )
+        assert topics.index("homeassistant/device/deid_front/config") < topics.index("deid/front/status")
+
+        # A pipeline's own report replaces the seed, and the next resync (HA's birth) keeps the order.
+        events.on_status("front", "online")
+        recorder.wait_topic("deid/front/status", b"online")
+        mark = recorder.mark()
+        recorder.publish("homeassistant/status", "online")
+        before = before_online(recorder, mark)
+        assert [m.payload for m in before if m.topic == "deid/front/status"] == [b"online"]
+        assert "deid/back/status" in [m.topic for m in before]
+    finally:
+        events.stop()
+        recorder.close()
+
+
+def test_camera_added_at_runtime_starts_as_starting(recorder: Recorder, events: MqttEvents) -> None:
+    from deid_sidecar.engine.settings import CameraSettings
+
+    config = make_config(1)
+    camera = config.cameras["front"]
+    mark = recorder.mark()
+    events.add_camera("yard", camera, CameraSettings.from_camera("yard", camera, config))
+    recorder.wait_topic("homeassistant/device/deid_yard/config", start=mark)
+    assert recorder.wait_topic("deid/yard/status", start=mark).payload == b"starting"
+    events.on_status("yard", "online")
+    recorder.wait_topic("deid/yard/status", b"online", start=mark)
+
+
+def retained_now(port: int, topics: list[str], settle_s: float = 1.0) -> dict[str, bytes]:
+    """What the broker keeps (retained, non-empty) on `topics`, as a new subscriber sees it."""
+    late = Recorder(port, topics, client_id=f"late-{time.monotonic_ns()}")
+    try:
+        time.sleep(settle_s)
+        return {m.topic: m.payload for m in late.messages if m.retain and m.payload}
+    finally:
+        late.close()
+
+
+def test_stale_device_removal_clears_the_cameras_retained_state(broker: Broker) -> None:
+    """A camera gone from the config: its HA device is deleted and none of its retained state stays on
+    the broker (status, stats, counts, command state); the configured cameras keep theirs."""
+    recorder = Recorder(broker.port, ["homeassistant/device/+/config", "deid/#"])
+    old = make_config(broker.port, client_id="deid-old")
+    old = old.model_copy(update={"cameras": {**old.cameras, "garage": old.cameras["front"]}})
+    first = MqttEvents(old)
+    first.start()
+    try:
+        wait_connected(first)
+        first.on_status("garage", "online")
+        first.on_stats("garage", {"fps_out": 5.0})
+        first.on_frame("garage", time.time(), faces(1), lambda: JPEG)
+        recorder.wait_topic("deid/garage/face", b"1")
+        recorder.wait_topic("deid/garage/stats")
+        recorder.wait_topic("deid/garage/method/state")
+    finally:
+        first.stop()
+    kept = retained_now(broker.port, ["deid/garage/#"])
+    assert {"deid/garage/status", "deid/garage/face", "deid/garage/stats", "deid/garage/method/state"} <= set(
+        kept
+    )
+
+    mark = recorder.mark()
+    events = MqttEvents(make_config(broker.port))  # garage is gone from the config
+    events.start()
+    try:
+        recorder.wait_topic("homeassistant/device/deid_garage/config", payload=b"", start=mark)
+        recorder.wait_topic("deid/garage/status", payload=b"", start=mark)
+        recorder.wait_topic("deid/garage/detection/state", payload=b"", start=mark)
+        assert retained_now(broker.port, ["deid/garage/#", "homeassistant/device/deid_garage/config"]) == {}
+        still = retained_now(broker.port, ["deid/front/#", "homeassistant/device/deid_front/config"])
+        assert {
+            "deid/front/status",
+            "deid/front/method/state",
+            "homeassistant/device/deid_front/config",
+        } <= set(still)
     finally:
         events.stop()
         recorder.close()

@@ -4,7 +4,12 @@ One retained message per camera on `<discovery_prefix>/device/<prefix>_<cam>/con
 (origin) and `cmps` (components, each with `p` and `unique_id`). Options at the root (availability,
 qos) are shared by every component. A component that the config turns off is sent as `{"p": ...}`
 alone, which is how HA removes a component it created earlier; an empty retained payload removes the
-whole device (`removal_messages`).
+whole device (`removal_messages`), and `stale_device_removal` also clears the retained state topics of
+a camera that is gone.
+
+HA names entities `<device name> <entity name>`, slugified: device "Front door privacy" + switch
+"Detection" is `switch.front_door_privacy_detection`. Names stay short so the ids read well; what an
+entity does in detail is in the README.
 """
 
 from __future__ import annotations
@@ -16,6 +21,8 @@ from typing import Any
 
 from deid_sidecar import __version__
 from deid_sidecar.config import CameraConfig, Config, Method
+from deid_sidecar.core.detections import Label
+from deid_sidecar.events.commands import COMMANDS
 from deid_sidecar.events.topics import OFFLINE, ONLINE, Message, Topics, retained, safe_id
 
 ORIGIN_NAME = "deid-sidecar"
@@ -45,6 +52,13 @@ STAT_SENSORS: tuple[StatSensor, ...] = (
     StatSensor("frames_dropped", "Frames dropped", state_class="total_increasing"),
     StatSensor("frames_masked_whole", "Frames masked whole", state_class="total_increasing"),
 )
+
+
+def device_name(camera: str) -> str:
+    """The HA device name of a camera: `front_door` -> "Front door privacy" (underscores to spaces, the
+    first letter upper-case, the rest as written)."""
+    words = " ".join(camera.replace("_", " ").split()) or camera
+    return f"{words[:1].upper()}{words[1:]} privacy"
 
 
 def _dumps(value: Any) -> str:
@@ -142,7 +156,7 @@ def device_payload(
     cmps["detection"] = {
         "p": "switch",
         "unique_id": uid("detection"),
-        "name": "Detection (off masks the whole frame)",
+        "name": "Detection",  # off: every frame masked whole (README, "MQTT and Home Assistant")
         "command_topic": topics.command(camera, "detection"),
         "state_topic": topics.state(camera, "detection"),
         "payload_on": "ON",
@@ -180,7 +194,7 @@ def device_payload(
         "dev": {
             "ids": [device_id],
             # HA builds entity ids from device + entity name: sensor.<cam>_privacy_faces, ...
-            "name": f"{camera} privacy",
+            "name": device_name(camera),
             "mf": MANUFACTURER,
             "mdl": MODEL,
             "sw": version,
@@ -215,20 +229,52 @@ def discovery_messages(
 
 def stale_device_removal(
     config: Config, topic: str, payload: bytes, cameras: Iterable[str] | None = None
-) -> Message | None:
-    """The removal for a retained discovery config that this sidecar published for a camera it no
-    longer has (`cameras`: the current ones, default the config's); None for current cameras, other
-    publishers' devices and anything unparsable."""
+) -> list[Message]:
+    """For a retained discovery config that this sidecar published for a camera it no longer has
+    (`cameras`: the current ones, default the config's): the empty config that deletes the HA device,
+    then empty retained payloads on that camera's retained state topics (`state_topics`), so nothing of
+    it stays on the broker. Nothing for current cameras, other publishers' devices and anything
+    unparsable."""
     topics = Topics(config.mqtt.prefix, config.mqtt.discovery_prefix)
     current = {topics.discovery(camera) for camera in (config.cameras if cameras is None else cameras)}
     ours = f"{config.mqtt.discovery_prefix}/device/{safe_id(config.mqtt.prefix)}_"
     if not payload or topic in current or not topic.startswith(ours) or not topic.endswith("/config"):
-        return None
+        return []
     try:
-        origin = json.loads(payload).get("o", {}).get("name")
+        document = json.loads(payload)
+        origin = document.get("o", {}).get("name")
+        components = document.get("cmps", {})
     except (ValueError, AttributeError):
+        return []
+    if origin != ORIGIN_NAME:
+        return []
+    camera = _camera_of(topics, components)
+    cleared = [] if camera is None else state_topics(topics, camera)
+    return [retained(topic, b""), *(retained(state, b"") for state in cleared)]
+
+
+def state_topics(topics: Topics, camera: str) -> list[str]:
+    """Every retained topic the sidecar may have published for `camera`: status, stats, a count per
+    label, the `.../state` echo of every command (events and snapshots are not retained)."""
+    return [
+        topics.status(camera),
+        topics.stats(camera),
+        *(topics.count(camera, label.key) for label in Label),
+        *(topics.state(camera, spec.name) for spec in COMMANDS),
+    ]
+
+
+def _camera_of(topics: Topics, components: Any) -> str | None:
+    """The camera a discovery payload was for, read back from its status sensor's state topic."""
+    if not isinstance(components, dict):
         return None
-    return retained(topic, b"") if origin == ORIGIN_NAME else None
+    status = components.get("status")
+    state_topic = status.get("state_topic") if isinstance(status, dict) else None
+    head, tail = f"{topics.prefix}/", "/status"
+    if not isinstance(state_topic, str) or not state_topic.startswith(head) or not state_topic.endswith(tail):
+        return None
+    camera = state_topic[len(head) : -len(tail)]
+    return camera if camera and topics.status(camera) == state_topic else None
 
 
 def removal_messages(config: Config, cameras: Iterable[str]) -> list[Message]:

@@ -19,8 +19,10 @@ Topics (prefix = `mqtt.prefix`, default `deid`; never `frigate`):
 The video path never waits for the broker: `on_frame`/`on_status`/`on_stats` do the pure event logic
 and append to a bounded outbox (oldest dropped and counted when full). A publisher thread drains it while
 connected; paho's own network thread (`loop_start`) handles connect, reconnect with backoff and keepalive.
-On every successful CONNACK and on HA's birth message, availability, discovery and the last retained
-state are published again.
+On every successful CONNACK and on HA's birth message, discovery, the last retained state and then
+availability are published again: `online` goes out last, so Home Assistant never shows, as available, a
+stale value the broker kept from before a restart (a camera's status starts as `starting` until its
+pipeline says otherwise). A stale device's removal also clears its camera's retained state topics.
 """
 
 from __future__ import annotations
@@ -157,6 +159,8 @@ class MqttEvents:
     def on_frame(
         self, camera: str, frame_time: float, tracked: Detections, snapshot: Callable[[], bytes]
     ) -> None:
+        if camera in self._removed:
+            return  # a removed camera's last frames: nothing of it is published again
         with self._tracker_lock:
             update = self._tracker.update(camera, frame_time, tracked)
         messages = update.messages
@@ -171,6 +175,8 @@ class MqttEvents:
         self._enqueue(messages)
 
     def on_status(self, camera: str, state: str) -> None:
+        if camera in self._removed:
+            return  # its pipeline stops after the removal: `stopped` would be retained again
         messages = [retained(self.topics.status(camera), state)]
         if state in ("offline", "stopped"):
             with self._tracker_lock:
@@ -178,6 +184,8 @@ class MqttEvents:
         self._enqueue(messages)
 
     def on_stats(self, camera: str, stats: dict[str, Any]) -> None:
+        if camera in self._removed:
+            return
         # Masked value by value, before encoding: the text of a whole JSON document would be masked
         # across its quotes (a query value runs to the next `&`, `#` or blank) and stop being JSON.
         payload = json.dumps(self._scrub_values(stats), separators=(",", ":"), default=self._scrub_object)
@@ -214,11 +222,12 @@ class MqttEvents:
         with self._cameras_lock:
             self._cameras[name] = camera
             self.settings[name] = owner
-        self._removed.discard(name)
+            self._removed.discard(name)
         owner.subscribe(self._on_settings_change)
+        status = self._seed_status(name)
         if self._client is None:
             return  # `start()` publishes its state, and every (re)connect its discovery
-        messages = self._commands.state_messages(name, owner.values)
+        messages = [*self._commands.state_messages(name, owner.values), *status]
         if self._mqtt.discovery:
             messages = (
                 discovery_messages(
@@ -237,9 +246,15 @@ class MqttEvents:
                 owner = self.settings.pop(camera, None)
                 if owner is not None:
                     owner.unsubscribe(self._on_settings_change)
-        messages = removal_messages(self._config, names)
+        messages: list[Message] = []
         for camera in names:
-            self._removed.add(camera)
+            with self._cameras_lock:
+                self._removed.add(camera)  # from now on its pipeline's reports are dropped (`_enqueue`)
+            with self._tracker_lock:
+                # Its open events end (not retained); its counts are cleared below with the rest.
+                messages += [m for m in self._tracker.end_camera(camera) if not m.retain]
+        messages += removal_messages(self._config, names)
+        for camera in names:
             stem = f"{self.topics.prefix}/{camera}/"
             messages += [retained(topic, b"") for topic in list(self._retained) if topic.startswith(stem)]
         self._enqueue(messages)
@@ -269,6 +284,8 @@ class MqttEvents:
         with self.outbox.cond:
             for message in self._commands.initial_messages():
                 self._retained.setdefault(message.topic, message)
+        for camera in list(self.settings):
+            self._seed_status(camera)
         log.info("MQTT: connecting to %s:%d (tls=%s)", self._mqtt.host, self._mqtt.port, self._mqtt.tls)
         client.connect_async(self._mqtt.host, self._mqtt.port, keepalive=self._mqtt.keepalive_s)
         client.loop_start()
@@ -332,6 +349,12 @@ class MqttEvents:
 
     def _enqueue(self, messages: Iterable[Message]) -> None:
         items = list(messages)
+        with self._cameras_lock:
+            gone = tuple(f"{self.topics.prefix}/{camera}/" for camera in self._removed)
+        if gone:
+            # A removed camera's pipeline may still report while it stops: its retained state, once
+            # cleared, must not come back (only the empty payloads that clear it go out).
+            items = [m for m in items if not (m.payload_bytes and m.topic.startswith(gone))]
         if not items:
             return
         with self.outbox.cond:
@@ -343,8 +366,20 @@ class MqttEvents:
                         self._retained.pop(message.topic, None)
         self.outbox.put(items)
 
+    def _seed_status(self, camera: str) -> list[Message]:
+        """A camera's status is `starting` until its pipeline reports one (the pipeline only reports
+        changes): without it, a restart would leave the broker's stale retained status showing."""
+        with self.outbox.cond:
+            topic = self.topics.status(camera)
+            if topic in self._retained:
+                return []
+            message = retained(topic, "starting")
+            self._retained[topic] = message
+        return [message]
+
     def _resync_messages(self) -> list[Message]:
-        messages = [retained(self.topics.available, ONLINE)]
+        """Discovery, every retained state, and `online` last: HA shows nothing stale as available."""
+        messages: list[Message] = []
         if self._mqtt.discovery:
             with self._cameras_lock:
                 cameras = {n: c for n, c in self._cameras.items() if n not in self._removed}
@@ -353,7 +388,7 @@ class MqttEvents:
             )
         with self.outbox.cond:
             messages += list(self._retained.values())
-        return messages
+        return [*messages, retained(self.topics.available, ONLINE)]
 
     def _on_connect(self, client: Any, userdata: Any, flags: Any, reason_code: Any, properties: Any) -> None:
         if reason_code.is_failure:
@@ -392,11 +427,13 @@ class MqttEvents:
             with self._cameras_lock:
                 current = list(self._cameras)
             removal = stale_device_removal(self._config, topic, bytes(message.payload), current)
-            if removal is not None:
+            if removal:
                 log.info(
-                    "MQTT: removing the Home Assistant device of a camera no longer configured: %s", topic
+                    "MQTT: removing the Home Assistant device of a camera no longer configured, and its "
+                    "retained state: %s",
+                    topic,
                 )
-                self._enqueue([removal])
+                self._enqueue(removal)
             return
         if topic == self.topics.ha_status:
             if message.payload.strip() == ONLINE.encode():
