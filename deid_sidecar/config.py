@@ -388,6 +388,22 @@ class MqttConfig(Strict):
     update_interval_s: float = Field(
         1.0, ge=0.1, le=60.0, description="Minimum interval between `update` events per object."
     )
+    min_event_s: float = Field(
+        0.0,
+        ge=0.0,
+        le=30.0,
+        description="An object is in view this long (tracker coasting included) before its `new` event; "
+        "shorter blips never become events (0: at first sight). The tracker keeps a single detection in "
+        "view for `privacy.hold_s`, so only a longer value drops one. Counts change at once either way.",
+    )
+    event_merge_s: float = Field(
+        2.0,
+        ge=0.0,
+        le=30.0,
+        description="A new track of the same label that appears within this time of losing an object, near "
+        "where that object was heading, continues its event: same id, no second `new` (0: off). An `end` "
+        "waits at least this long.",
+    )
     queue_size: int = Field(
         1000, ge=10, le=100_000, description="Outgoing messages buffered while the broker is away."
     )
