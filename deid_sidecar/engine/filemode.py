@@ -185,7 +185,8 @@ class VideoWriter:
         # The encoder counts in the input's time base too: in 1/rate, the uneven frame times of a
         # variable-rate video (phones) would round onto each other and the muxer refuse them.
         self.video.time_base = video_in.time_base
-        self.video.codec_context.time_base = video_in.time_base
+        if video_in.time_base is not None:
+            self.video.codec_context.time_base = video_in.time_base
         # Quality close to the input: the masked areas must not be undone by compression artefacts.
         self.video.options = {"crf": "20", "preset": "veryfast"}
         self.audio_in = source.streams.audio[0] if keep_audio and source.streams.audio else None
