@@ -8,7 +8,7 @@ profile="${1:-runtime}"
 apt_runtime=(ffmpeg)
 apt_test=(mosquitto gir1.2-gst-rtsp-server-1.0 python3-gi gstreamer1.0-tools gstreamer1.0-plugins-base
           gstreamer1.0-plugins-good gstreamer1.0-plugins-bad gstreamer1.0-plugins-ugly gstreamer1.0-libav
-          chromium chromium-driver)
+          chromium chromium-driver buildah debootstrap iproute2)
 wanted=("${apt_runtime[@]}")
 [ "$profile" = test ] && wanted+=("${apt_test[@]}")
 
@@ -38,6 +38,10 @@ if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
   .venv/bin/python -m pip install -q --disable-pip-version-check --upgrade pip >/dev/null
   .venv/bin/python -m pip install -q --disable-pip-version-check -e ".[$extras]"
   touch "$stamp"
+fi
+
+if [ "$profile" = test ]; then
+  scripts/setup-ha.sh   # a real Home Assistant in its own .venv-ha, for tests/test_home_assistant.py
 fi
 
 .venv/bin/deid-sidecar models fetch

@@ -15,6 +15,10 @@ from deid_sidecar.errors import UserError
 
 log = logging.getLogger(__name__)
 
+# A privacy product phones nowhere: onnxruntime's usage telemetry (ETW on Windows; 1.32 also tries to
+# persist a device id elsewhere) is off before any session exists.
+ort.disable_telemetry_events()
+
 #: Config names -> onnxruntime provider names.
 PROVIDERS = {
     "tensorrt": "TensorrtExecutionProvider",
