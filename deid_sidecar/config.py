@@ -119,10 +119,11 @@ class DetectorConfig(Strict):
 
 class DetectionConfig(Strict):
     face: DetectorConfig = Field(
-        # 20-40 px faces in 720p shrink below what CenterFace finds at 640 px: 800 px live (the leak
-        # benchmark's small faces went from 25% leaked to under 1%), 960 px in file mode.
+        # 20-40 px faces in 720p shrink below what CenterFace finds at 640 px. At 800 px live, the
+        # leak benchmark's small faces still leaked 11.7% (found on some detections, lost between);
+        # at 960 px, 0%, and one 720p15 camera still holds 15 fps on 2 cores (bench/live_bench.py).
         default_factory=lambda: DetectorConfig(
-            model="centerface", threshold=0.3, event_threshold=0.5, input_width=800, file_input_width=960
+            model="centerface", threshold=0.3, event_threshold=0.5, input_width=960, file_input_width=960
         ),
         description="Face detector.",
     )
@@ -226,7 +227,7 @@ class PrivacyConfig(Strict):
         description="Live look-ahead: publish frames this late so new objects are masked back.",
     )
     edge_band: float = Field(
-        0.14,
+        0.10,
         ge=0.0,
         le=0.5,
         description="Live: along each edge, a band this wide (fraction of the frame height) in which "

@@ -124,14 +124,14 @@ def replay(path: list[tuple[int, int]], edge_band: float) -> list[float]:
 @pytest.mark.parametrize("entering", [True, False], ids=["entering", "leaving"])
 def test_a_face_crossing_an_edge_is_hidden_from_a_quarter_in_view(edge: str, entering: bool) -> None:
     path = crossing(edge, entering)
-    guarded = replay(path, edge_band=0.14)
+    guarded = replay(path, edge_band=PrivacyConfig().edge_band)  # the default
     assert guarded and max(guarded) < 0.35, [round(k, 2) for k in guarded]
     unguarded = replay(path, edge_band=0.0)  # the same detector without the guard shows the part face
     assert max(unguarded) > 0.9
 
 
 def guard_regions(frames: list[np.ndarray]) -> list[list[tuple[int, int, int, int]]]:
-    guard = EdgeGuard(band=0.14)
+    guard = EdgeGuard(band=PrivacyConfig().edge_band)
     return [guard.regions(frame) for frame in frames]
 
 

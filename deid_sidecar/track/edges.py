@@ -31,7 +31,7 @@ REACH = 2
 #: Foreground pixels in a region smaller than this share of the searched area are noise.
 MIN_REGION_SHARE = 0.002
 #: A hidden region reaches this far (fraction of its size, at least MIN_MARGIN_PX) beyond what moved.
-MARGIN = 0.35
+MARGIN = 0.15
 MIN_MARGIN_PX = 12
 
 Rect = tuple[int, int, int, int]
