@@ -240,3 +240,11 @@ def test_entity_names_are_short_so_entity_ids_read_well() -> None:
     for key, cmp in cmps.items():
         if "name" in cmp:
             assert len(cmp["name"]) <= 24 and not set("()") & set(cmp["name"]), (key, cmp["name"])
+
+
+def test_the_go2rtc_registration_state_is_a_text_diagnostic() -> None:
+    """HA refuses text in a measurement sensor: the registration state has no state_class."""
+    sensor = device_payload(make_config(), "front")["cmps"]["go2rtc"]
+    assert sensor["entity_category"] == "diagnostic" and "state_class" not in sensor
+    assert sensor["value_template"] == "{{ value_json.go2rtc or 'none' }}"
+    assert sensor["state_topic"] == "deid/front/stats"

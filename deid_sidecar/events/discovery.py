@@ -40,8 +40,9 @@ class StatSensor:
     key: str
     name: str
     unit: str | None = None
-    state_class: str = "measurement"
+    state_class: str | None = "measurement"  # None: a text state (HA refuses text in a measurement)
     device_class: str | None = None
+    template: str | None = None  # the value_template when not simply value_json.<key>
 
 
 #: Diagnostic sensors read from the stats JSON (`CameraStats.snapshot()` keys).
@@ -51,6 +52,10 @@ STAT_SENSORS: tuple[StatSensor, ...] = (
     StatSensor("latency_ms", "Latency", "ms", device_class="duration"),
     StatSensor("frames_dropped", "Frames dropped", state_class="total_increasing"),
     StatSensor("frames_masked_whole", "Frames masked whole", state_class="total_increasing"),
+    # registering | registered | not_persisted | refused | unreachable; none without registration
+    StatSensor(
+        "go2rtc", "go2rtc registration", state_class=None, template="{{ value_json.go2rtc or 'none' }}"
+    ),
 )
 
 
@@ -144,10 +149,11 @@ def device_payload(
             "unique_id": uid(stat.key),
             "name": stat.name,
             "state_topic": topics.stats(camera),
-            "value_template": f"{{{{ value_json.{stat.key} }}}}",
-            "state_class": stat.state_class,
+            "value_template": stat.template or f"{{{{ value_json.{stat.key} }}}}",
             "entity_category": "diagnostic",
         }
+        if stat.state_class:
+            component["state_class"] = stat.state_class
         if stat.unit:
             component["unit_of_measurement"] = stat.unit
         if stat.device_class:
