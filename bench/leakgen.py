@@ -341,7 +341,8 @@ class ClipSpec:
 
     @property
     def name(self) -> str:
-        return f"{self.motion}_s{self.seed}"
+        # The length is in the name: quick and full clips of one seed are different clips (cached apart).
+        return f"{self.motion}_s{self.seed}_{self.frames}f"
 
 
 def clip_specs(quick: bool) -> list[ClipSpec]:

@@ -9,12 +9,16 @@ means the checkerboard (the thing that must be hidden) came through.
 from __future__ import annotations
 
 import asyncio
+import json
 import socket
 import subprocess
 import threading
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import av
 import cv2
@@ -218,3 +222,17 @@ def watch(
             return read_stream(server.url(f"/streams/{pipeline.output}.ts"), seconds, on_frame)
     finally:
         pipeline.stop()
+
+
+def api_request(port: object, method: str, path: str, body: object = None) -> tuple[int, Any]:
+    """(status, JSON answer) of the sidecar's API on loopback; (0, None) while it does not answer."""
+    data = json.dumps(body).encode() if body is not None else None
+    request = urllib.request.Request(f"http://127.0.0.1:{port}{path}", data=data, method=method)
+    request.add_header("Content-Type", "application/json")
+    try:
+        with urllib.request.urlopen(request, timeout=30) as response:
+            return response.status, json.load(response)
+    except urllib.error.HTTPError as error:
+        return error.code, json.load(error)
+    except (OSError, ValueError):
+        return 0, None

@@ -175,3 +175,13 @@ class Recorder:
     def close(self) -> None:
         self.client.disconnect()
         self.client.loop_stop()
+
+
+def retained_now(port: int, topics: list[str], settle_s: float = 1.0) -> dict[str, bytes]:
+    """What the broker keeps (retained, non-empty) on `topics`, as a new subscriber sees it."""
+    late = Recorder(port, topics, client_id=f"late-{time.monotonic_ns()}")
+    try:
+        time.sleep(settle_s)
+        return {m.topic: m.payload for m in late.messages if m.retain and m.payload}
+    finally:
+        late.close()

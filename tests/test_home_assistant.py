@@ -21,8 +21,6 @@ import signal
 import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,8 +31,8 @@ import numpy as np
 import pytest
 import yaml
 from hakit import HomeAssistant, ha_version, hass_binary, night_location, running_home_assistant, wait_for
-from livekit import free_port
-from mosquitto import Broker, Recorder, running_broker
+from livekit import api_request, free_port
+from mosquitto import Broker, Recorder, retained_now, running_broker
 
 from deid_sidecar.config import Config, parse_config
 from deid_sidecar.demo import build_demo_clip
@@ -148,16 +146,7 @@ class Sidecar:
         return self.proc is not None and self.proc.poll() is None
 
     def api(self, method: str, path: str, body: object = None) -> tuple[int, Any]:
-        data = json.dumps(body).encode() if body is not None else None
-        request = urllib.request.Request(f"http://127.0.0.1:{self.port}{path}", data=data, method=method)
-        request.add_header("Content-Type", "application/json")
-        try:
-            with urllib.request.urlopen(request, timeout=30) as response:
-                return response.status, json.load(response)
-        except urllib.error.HTTPError as error:
-            return error.code, json.load(error)
-        except (OSError, ValueError):
-            return 0, None
+        return api_request(self.port, method, path, body)
 
     def log_tail(self, chars: int = 3000) -> str:
         return self.log.read_text(errors="replace")[-chars:] if self.log.exists() else ""
@@ -504,15 +493,6 @@ def test_entities_recover_after_a_broker_restart(stack: Stack, request: pytest.F
     wait_for(lambda: method() == "blur", 20, "blur again")
 
 
-def retained_under(port: int, topics: list[str], settle_s: float = 1.0) -> dict[str, bytes]:
-    late = Recorder(port, topics, client_id=f"late-{time.monotonic_ns()}")
-    try:
-        time.sleep(settle_s)
-        return {m.topic: m.payload for m in late.messages if m.retain and m.payload}
-    finally:
-        late.close()
-
-
 def test_a_camera_removed_in_the_web_ui_disappears_from_home_assistant(stack: Stack) -> None:
     ha, sidecar = stack.ha, stack.sidecar
     new = {"name": EXTRA, "source": f"file:{sidecar.clip}", "loop": True, "protect": ["license_plate"]}
@@ -526,7 +506,7 @@ def test_a_camera_removed_in_the_web_ui_disappears_from_home_assistant(stack: St
     assert not ha.entities_of(device["id"])
     assert stack.device(CAMERA) is not None
     assert (
-        retained_under(stack.broker.port, [f"deid/{EXTRA}/#", f"homeassistant/device/deid_{EXTRA}/config"])
+        retained_now(stack.broker.port, [f"deid/{EXTRA}/#", f"homeassistant/device/deid_{EXTRA}/config"])
         == {}
     )
 
@@ -540,7 +520,7 @@ def test_a_camera_removed_from_the_config_disappears_with_its_retained_state(
     device = wait_for(lambda: stack.device(EXTRA), 120, "the second camera's device in HA")
     wait_for(lambda: stack.all_available(EXTRA), 60, "its entities available")
     wait_for(lambda: ha.value("sensor.side_gate_privacy_status") == "online", 60, "it online")
-    kept = retained_under(stack.broker.port, [f"deid/{EXTRA}/#"])
+    kept = retained_now(stack.broker.port, [f"deid/{EXTRA}/#"])
     assert f"deid/{EXTRA}/status" in kept and f"deid/{EXTRA}/detection/state" in kept
 
     sidecar.stop()
@@ -550,7 +530,7 @@ def test_a_camera_removed_from_the_config_disappears_with_its_retained_state(
     report(request, f"stale device removed {stack.figures['stale_device_removed_s']:.1f} s after the restart")
     assert not ha.entities_of(device["id"])
     assert (
-        retained_under(stack.broker.port, [f"deid/{EXTRA}/#", f"homeassistant/device/deid_{EXTRA}/config"])
+        retained_now(stack.broker.port, [f"deid/{EXTRA}/#", f"homeassistant/device/deid_{EXTRA}/config"])
         == {}
     )
     wait_for(lambda: stack.all_available(CAMERA), 120, "the configured camera available again")

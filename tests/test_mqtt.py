@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from mosquitto import Broker, Received, Recorder, free_port, running_broker
+from mosquitto import Broker, Received, Recorder, free_port, retained_now, running_broker
 
 from deid_sidecar.config import Config, Method, Zone, parse_config
 from deid_sidecar.core.detections import Detections, Label
@@ -483,16 +483,6 @@ def test_camera_added_at_runtime_starts_as_starting(recorder: Recorder, events: 
     assert recorder.wait_topic("deid/yard/status", start=mark).payload == b"starting"
     events.on_status("yard", "online")
     recorder.wait_topic("deid/yard/status", b"online", start=mark)
-
-
-def retained_now(port: int, topics: list[str], settle_s: float = 1.0) -> dict[str, bytes]:
-    """What the broker keeps (retained, non-empty) on `topics`, as a new subscriber sees it."""
-    late = Recorder(port, topics, client_id=f"late-{time.monotonic_ns()}")
-    try:
-        time.sleep(settle_s)
-        return {m.topic: m.payload for m in late.messages if m.retain and m.payload}
-    finally:
-        late.close()
 
 
 def test_stale_device_removal_clears_the_cameras_retained_state(broker: Broker) -> None:

@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 import yaml
 from go2rtc_standin import Go2rtcStandin
-from livekit import free_port, read_stream
+from livekit import api_request, free_port, read_stream
 from mosquitto import Recorder, running_broker
 
 from deid_sidecar.demo import build_demo_clip
@@ -134,17 +134,6 @@ def test_run_registers_publishes_events_serves_and_stops_cleanly(sidecar: dict[s
     mqtt.wait_topic("deid/available", b"offline", start=mark)
 
 
-def api(port: object, method: str, path: str, body: object = None) -> tuple[int, dict[str, object]]:
-    data = json.dumps(body).encode() if body is not None else None
-    request = urllib.request.Request(f"http://127.0.0.1:{port}{path}", data=data, method=method)
-    request.add_header("Content-Type", "application/json")
-    try:
-        with urllib.request.urlopen(request, timeout=30) as response:
-            return response.status, json.load(response)
-    except urllib.error.HTTPError as error:
-        return error.code, json.load(error)
-
-
 def test_camera_added_in_the_web_ui_is_registered_in_go2rtc_and_in_home_assistant(
     sidecar: dict[str, object],
 ) -> None:
@@ -155,7 +144,7 @@ def test_camera_added_in_the_web_ui_is_registered_in_go2rtc_and_in_home_assistan
     mqtt.wait_topic("homeassistant/device/deid_door/config", timeout=30)
 
     new = {"name": "yard", "source": f"file:{sidecar['clip']}", "loop": True, "protect": ["face"]}
-    status, added = api(port, "POST", "/api/cameras", new)
+    status, added = api_request(port, "POST", "/api/cameras", new)
     assert status == 201, added
 
     # go2rtc: registered under its own name, pointing at the sidecar, like the configured camera.
@@ -168,13 +157,13 @@ def test_camera_added_in_the_web_ui_is_registered_in_go2rtc_and_in_home_assistan
 
     # A command from Home Assistant reaches the added camera, and shows in the API.
     mqtt.publish("deid/yard/method/set", "fill")
-    wait_until(lambda: api(port, "GET", "/api/cameras/yard")[1]["method"] == "fill", timeout=15,
+    wait_until(lambda: api_request(port, "GET", "/api/cameras/yard")[1]["method"] == "fill", timeout=15,
                what="the MQTT command in the API")  # fmt: skip
     mqtt.wait_topic("deid/yard/method/state", b"fill", timeout=15)
 
     # Removed: gone from go2rtc, its Home Assistant device deleted (empty retained config).
     mark = mqtt.mark()
-    assert api(port, "DELETE", "/api/cameras/yard")[0] == 200
+    assert api_request(port, "DELETE", "/api/cameras/yard")[0] == 200
     wait_until(lambda: "yard_anon" not in standin.streams, timeout=15, what="the removal from go2rtc")
     mqtt.wait_topic("homeassistant/device/deid_yard/config", b"", timeout=15, start=mark)
     assert "door_anon" in standin.streams  # the configured camera is untouched
