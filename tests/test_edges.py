@@ -99,7 +99,7 @@ def replay(path: list[tuple[int, int]], edge_band: float) -> list[float]:
     at least a quarter of it."""
     detector = WholeFacesOnly()
     anonymizer = Anonymizer(Method.BLUR)
-    privacy = PrivacyConfig(edge_band=edge_band, detect_every=1)
+    privacy = PrivacyConfig(edge_band=edge_band, detect_every=1, delay_ms=0)  # causal: no look-back
     processor = FrameProcessor(
         detector, privacy, anonymizer, ZoneMasker([], False, anonymizer), realtime=True
     )

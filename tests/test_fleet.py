@@ -83,13 +83,13 @@ def test_an_added_camera_gets_its_detector_and_one_that_fails_to_load_stays_mask
 
 
 def test_uploads_get_the_file_modes_detector_and_cameras_the_live_one(models_dir: Path) -> None:
-    config = parse_config({"models_dir": str(models_dir)})
+    face = {"model": "centerface", "threshold": 0.3, "event_threshold": 0.5, "input_width": 640,
+            "file_input_width": 960}  # fmt: skip
+    config = parse_config({"models_dir": str(models_dir), "detection": {"face": face}})
     app = build_app({}, "test-token-0123456789", None, config=config)
     state = app[STATE_KEY]
     upload = state.jobs.detector({Label.FACE})
     live = state.fleet.detector_factory(config, {Label.FACE})
     assert isinstance(upload, MultiDetector) and isinstance(live, MultiDetector)
-    face = config.detection.face
-    assert face.file_input_width is not None and face.file_input_width > face.input_width
-    assert upload.detectors[0].input_width == face.file_input_width  # as `deid-sidecar file` (960)
-    assert live.detectors[0].input_width == face.input_width
+    assert upload.detectors[0].input_width == 960  # file_input_width, as `deid-sidecar file`
+    assert live.detectors[0].input_width == 640
