@@ -145,6 +145,7 @@ class App:
         self.fleet = CameraFleet(config, observer=self.events)
         self.fleet.build_configured()
         self._registrar: Registrar | None = None
+        self._registrar_task: asyncio.Task[None] | None = None
         self._push: PushWiring | None = None
         self._session: aiohttp.ClientSession | None = None
 
@@ -217,6 +218,7 @@ class App:
         loop = asyncio.get_running_loop()
         if self._registrar is not None:
             await self._registrar.close(remove=self.config.go2rtc.remove_on_exit)
+        if self._registrar_task is not None:
             self._registrar_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._registrar_task

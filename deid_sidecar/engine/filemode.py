@@ -34,6 +34,7 @@ from deid_sidecar.core.imagesize import (
     read_image_size,
 )
 from deid_sidecar.detect.base import Detector
+from deid_sidecar.detect.factories import file_detector
 from deid_sidecar.engine.processor import FrameProcessor, Processed
 from deid_sidecar.errors import UserError
 from deid_sidecar.models.fetch import sha256_file
@@ -96,13 +97,6 @@ class FileSummary:
 def _protected_labels(config: Config, options: FileOptions) -> set[Label]:
     names = options.protect or ["face", "license_plate"]
     return {Label.parse(name) for name in names}
-
-
-def _build_detector(config: Config, labels: set[Label]) -> Detector:
-    from deid_sidecar.detect.detector import build_detector
-
-    detector: Detector = build_detector(config, labels, file_mode=True)
-    return detector
 
 
 def _check_output(output: Path, input_path: Path) -> None:
@@ -264,7 +258,7 @@ def anonymize_file(
     _check_output(output, input_path)
     labels = _protected_labels(config, options)
     source = open_video(input_path)
-    detector = detector or _build_detector(config, labels)
+    detector = detector or file_detector(config, labels)
     run = _FileRun(source, output, config, options, detector)
     try:
         return run.execute()
@@ -458,7 +452,7 @@ def anonymize_image_file(
     if output.suffix.lower() not in IMAGE_SUFFIXES:
         raise UserError(f"cannot write {output}: use one of {', '.join(sorted(IMAGE_SUFFIXES))}")
     image = read_image(input_path)
-    detector = detector or _build_detector(config, _protected_labels(config, options))
+    detector = detector or file_detector(config, _protected_labels(config, options))
     count = anonymize_image(image, config, options, detector)
     write_image(output, image)
     return count

@@ -17,7 +17,8 @@ from typing import Protocol
 
 from deid_sidecar.config import CameraConfig, Config
 from deid_sidecar.core.detections import Label
-from deid_sidecar.detect.base import Detector, DetectorFactory
+from deid_sidecar.detect.base import DetectorFactory
+from deid_sidecar.detect.factories import live_detector
 from deid_sidecar.engine.live import CameraPipeline
 from deid_sidecar.engine.observer import FrameObserver
 from deid_sidecar.engine.settings import CameraSettings
@@ -38,21 +39,6 @@ class CameraWiring(Protocol):
 
     async def camera_removed(self, pipeline: CameraPipeline) -> None:
         """The camera was removed: undo what `camera_added` did."""
-
-
-def live_detector(config: Config, labels: set[Label]) -> Detector:
-    from deid_sidecar.detect.detector import build_detector
-
-    detector: Detector = build_detector(config, labels)
-    return detector
-
-
-def file_detector(config: Config, labels: set[Label]) -> Detector:
-    """For uploads: each detector's file_input_width, as `deid-sidecar file` uses (small faces matter)."""
-    from deid_sidecar.detect.detector import build_detector
-
-    detector: Detector = build_detector(config, labels, file_mode=True)
-    return detector
 
 
 class CameraFleet:

@@ -27,6 +27,7 @@ from deid_sidecar.config import Config, FailMode, Method, PrivacyConfig, parse_c
 from deid_sidecar.core.detections import Label
 from deid_sidecar.core.image import as_image
 from deid_sidecar.detect.base import Detector
+from deid_sidecar.detect.factories import live_detector
 from deid_sidecar.engine.filemode import IMAGE_SUFFIXES, VideoWriter, _check_output, open_video
 from deid_sidecar.engine.processor import FrameProcessor, Processed
 from deid_sidecar.errors import UserError
@@ -63,10 +64,8 @@ def simulate_live(
     source = open_video(input_path)  # bad input fails here, before the models load
     try:
         if detector is None:
-            from deid_sidecar.detect.detector import build_detector
-
             labels = {Label.parse(name) for name in protect or DEFAULT_PROTECT}
-            detector = build_detector(config, labels)  # the live input width, not file mode's
+            detector = live_detector(config, labels)  # the live input width, not file mode's
         anonymizer = Anonymizer.from_config(config.anonymize, method)
         return _LiveReplay(source, output, privacy, anonymizer, detector, pace).run()
     finally:

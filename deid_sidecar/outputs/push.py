@@ -12,14 +12,14 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
 from yarl import URL
 
-from deid_sidecar.config import CameraConfig, Config, output_name
+from deid_sidecar.config import CameraConfig, Config
 from deid_sidecar.outputs import retry
 from deid_sidecar.outputs.go2rtc import stream_url
 from deid_sidecar.outputs.go2rtc_api import Go2rtcClient, Go2rtcError, encode_query
@@ -138,15 +138,3 @@ def pusher_for(
     client = Go2rtcClient(g.url, g.username, g.password, session)
     hint_url = stream_url(config, output, token="")  # never the token itself in a message
     return Pusher(client, hub, output, hint_url, session)
-
-
-def pushers_for(
-    config: Config, hubs: Mapping[str, StreamHub], session: aiohttp.ClientSession
-) -> list[Pusher]:
-    """One Pusher per enabled camera with `output.push: http`."""
-    pushers = []
-    for cam_name, cam in config.cameras.items():
-        out = output_name(cam_name, cam)
-        if cam.enabled and out in hubs and (pusher := pusher_for(config, out, cam, hubs[out], session)):
-            pushers.append(pusher)
-    return pushers

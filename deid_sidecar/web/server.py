@@ -22,7 +22,8 @@ from aiohttp.http_exceptions import HttpProcessingError
 from deid_sidecar import __version__
 from deid_sidecar.config import Config, parse_config
 from deid_sidecar.detect.base import DetectorFactory
-from deid_sidecar.engine.fleet import CameraFleet, file_detector, live_detector
+from deid_sidecar.detect.factories import file_detector, live_detector
+from deid_sidecar.engine.fleet import CameraFleet
 from deid_sidecar.engine.live import CameraPipeline
 from deid_sidecar.jobs import JobError, JobManager
 from deid_sidecar.outputs.http_ts import stream_routes
