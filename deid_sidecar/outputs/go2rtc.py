@@ -122,7 +122,7 @@ class Registrar(RetryLoop):
                 self.status.persisted = result == "saved"
                 self._set_state(name, "registered" if result == "saved" else "not_persisted")
                 changed.append(name)
-            elif self._states.get(name) in (None, "registering", "unreachable", "refused"):
+            elif self._states.get(name) != "not_persisted":  # that one stays known as such
                 self._set_state(name, "registered")  # already there with exactly our source
             # Ours now (PUT by us, or already carrying exactly our source): close(remove) may delete it.
             self.status.registered.add(name)
