@@ -110,10 +110,27 @@ class DetectorConfig(Strict):
         "look-ahead cover the passes between (for large, slow objects such as plates).",
     )
 
+    zoom_threshold: float | None = Field(
+        None,
+        ge=0.01,
+        le=1.0,
+        description="Small candidates scoring at least this, but under `threshold`, get a second look on a "
+        "crop zoomed 2-4x and are masked when that look is sure (null: off). Finds faces too small for "
+        "`input_width` at ~2 ms a candidate.",
+    )
+    zoom_below_px: int = Field(
+        40,
+        ge=4,
+        le=400,
+        description="Only candidates whose long side is under this many frame pixels get the zoomed look.",
+    )
+
     @model_validator(mode="after")
     def _event_not_below_mask(self) -> DetectorConfig:
         if self.event_threshold < self.threshold:
             raise ValueError("event_threshold must be >= threshold (everything reported must also be masked)")
+        if self.zoom_threshold is not None and self.zoom_threshold >= self.threshold:
+            raise ValueError("zoom_threshold must be below threshold (it widens what gets a second look)")
         return self
 
 
@@ -122,8 +139,14 @@ class DetectionConfig(Strict):
         # 20-40 px faces in 720p shrink below what CenterFace finds at 640 px. At 800 px live, the
         # leak benchmark's small faces still leaked 11.7% (found on some detections, lost between);
         # at 960 px, 0%, and one 720p15 camera still holds 15 fps on 2 cores (bench/live_bench.py).
+        # A 20 px face scores only 0.1-0.2 at 960 px: the zoomed second look finds it (detect/zoom.py).
         default_factory=lambda: DetectorConfig(
-            model="centerface", threshold=0.3, event_threshold=0.5, input_width=960, file_input_width=960
+            model="centerface",
+            threshold=0.3,
+            event_threshold=0.5,
+            input_width=960,
+            file_input_width=960,
+            zoom_threshold=0.1,
         ),
         description="Face detector.",
     )

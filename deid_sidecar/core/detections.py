@@ -146,5 +146,15 @@ class Detections:
             keypoints=self.keypoints * np.array([sx, sy], np.float32),
         )
 
+    def translated(self, dx: float, dy: float) -> Detections:
+        """Boxes and keypoints moved by (dx, dy): maps a crop's detections back into its frame."""
+        return Detections(
+            xyxy=self.xyxy + np.array([dx, dy, dx, dy], np.float32),
+            confidence=self.confidence,
+            label=self.label,
+            track_id=self.track_id,
+            keypoints=self.keypoints + np.array([dx, dy], np.float32),
+        )
+
     def counts(self) -> dict[Label, int]:
         return {label: int(np.count_nonzero(self.label == int(label))) for label in Label}

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
 from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +25,7 @@ from deid_sidecar.detect.adapters import (
     YoloAdapter,
 )
 from deid_sidecar.detect.base import Image
+from deid_sidecar.detect.zoom import ZoomRecheck, settle_unsure
 from deid_sidecar.errors import ConfigError
 from deid_sidecar.models.registry import AdapterName, ModelSpec, get_model, model_path
 
@@ -52,6 +55,11 @@ def make_adapter(spec: ModelSpec, session: Any, label: Label | None = None) -> A
     return _ADAPTERS[spec.adapter](label if label is not None else spec.task, fixed_input_size(session))
 
 
+@dataclass
+class _Stopwatch:
+    seconds: float = 0.0
+
+
 class OnnxDetector:
     """One model: prepare -> onnxruntime -> decode. Safe to call from several threads."""
 
@@ -62,28 +70,40 @@ class OnnxDetector:
         threshold: float,
         input_width: int,
         label: Label | None = None,
+        zoom: ZoomRecheck | None = None,
     ) -> None:
         self.spec = spec
         self.session = session
         self.threshold = threshold
         self.input_width = input_width
+        self.zoom = zoom if zoom is not None and zoom.threshold < threshold else None
         self.adapter = make_adapter(spec, session, label)
         self.input_name: str = session.get_inputs()[0].name
-        #: Wall time of the last inference alone (ms), for stats.
+        #: Wall time of the last frame's inferences alone (ms, zoomed re-checks included), for stats.
         self.last_inference_ms = 0.0
 
     def detect(self, image: Image) -> Detections:
-        tensor, meta = self.adapter.prepare(image, self.input_width)
-        started = time.perf_counter()
-        outputs = self.session.run(None, {self.input_name: tensor})
-        self.last_inference_ms = (time.perf_counter() - started) * 1000.0
-        found = self.adapter.decode(outputs, meta, self.threshold)
+        spent = _Stopwatch()  # per call: several threads may detect at once
+        infer = functools.partial(self._infer, spent=spent)
+        if self.zoom is None:
+            found = infer(image, self.input_width, self.threshold)
+        else:
+            candidates = infer(image, self.input_width, self.zoom.threshold)
+            found = settle_unsure(image, candidates, self.threshold, self.zoom, infer)
+        self.last_inference_ms = spent.seconds * 1000.0
         if not len(found):
             return found
         height, width = image.shape[:2]
         return Detections(
             clip(found.xyxy, width, height), found.confidence, found.label, keypoints=found.keypoints
         )
+
+    def _infer(self, image: Image, input_width: int, threshold: float, spent: _Stopwatch) -> Detections:
+        tensor, meta = self.adapter.prepare(image, input_width)
+        started = time.perf_counter()
+        outputs = self.session.run(None, {self.input_name: tensor})
+        spent.seconds += time.perf_counter() - started
+        return self.adapter.decode(outputs, meta, threshold)
 
     def warm_up(self) -> None:
         """One inference on a blank frame, so the first real frame does not pay for allocation."""
@@ -134,7 +154,12 @@ def load_detector(
         )
     path = model_path(models_dir, spec.id)  # ModelMissingError names the fetch command
     session = runtime.shared_session(path, providers, threads)
-    detector = OnnxDetector(spec, session, settings.threshold, width, label)
+    zoom = (
+        ZoomRecheck(settings.zoom_threshold, settings.zoom_below_px)
+        if settings.zoom_threshold is not None
+        else None
+    )
+    detector = OnnxDetector(spec, session, settings.threshold, width, label, zoom)
     detector.warm_up()
     log.info(
         "%s: %s loaded (threshold %.2f, input width %d)",
