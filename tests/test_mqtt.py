@@ -19,8 +19,10 @@ import numpy as np
 import pytest
 from mosquitto import Broker, Received, Recorder, free_port, retained_now, running_broker
 
+from deid_sidecar.app import MqttWiring
 from deid_sidecar.config import Config, Method, Zone, parse_config
 from deid_sidecar.core.detections import Detections, Label
+from deid_sidecar.engine.fleet import CameraFleet
 from deid_sidecar.events import mqtt as mqtt_module
 from deid_sidecar.events.control import SettingsControl
 from deid_sidecar.events.mqtt import MqttEvents, Outbox
@@ -146,6 +148,31 @@ def test_stop_publishes_offline(broker: Broker, recorder: Recorder) -> None:
     recorder.wait_for(
         lambda m: m.topic == "deid/events" and json.loads(m.payload)["type"] == "end", start=mark
     )
+
+
+@pytest.mark.parametrize("as_in_the_app", [True, False], ids=["app", "mqtt-on-its-own"])
+def test_a_camera_the_config_disables_gets_no_home_assistant_device(
+    broker: Broker, as_in_the_app: bool
+) -> None:
+    config = make_config(broker.port).model_copy(deep=True)
+    config.cameras["back"].enabled = False
+    if as_in_the_app:
+        # The app's composition: MQTT speaks for the cameras its fleet runs.
+        events = MqttEvents(config, settings={})
+        fleet = CameraFleet(config, observer=events)
+        fleet.build_configured()
+        fleet.wire(MqttWiring(events))
+    else:
+        events = MqttEvents(config)
+    events.start()
+    try:
+        wait_connected(events)
+        kept = retained_now(broker.port, ["homeassistant/#", "deid/#"])
+    finally:
+        events.stop()
+    assert "homeassistant/device/deid_front/config" in kept
+    assert "deid/front/privacy/state" in kept
+    assert not [topic for topic in kept if "back" in topic]
 
 
 PUBLISHER = textwrap.dedent(

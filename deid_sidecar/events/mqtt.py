@@ -111,6 +111,10 @@ class Outbox:
         self._bytes += len(message.payload_bytes)
 
 
+def enabled_cameras(config: Config) -> dict[str, CameraConfig]:
+    return {name: camera for name, camera in config.cameras.items() if camera.enabled}
+
+
 class MqttEvents:
     """FrameObserver that publishes events and Home Assistant discovery over MQTT."""
 
@@ -129,10 +133,11 @@ class MqttEvents:
         self._support_url = support_url
         self._tracker = EventTracker(config)
         self._tracker_lock = threading.Lock()
-        # The cameras this connection speaks for: the config's, then those added and removed at runtime.
-        # Changed on the event loop, read by paho's and the publisher thread: `_cameras_lock`.
+        # The cameras this connection speaks for: the app's fleet tells it of each one (`add_camera`), so
+        # a camera the config disables gets no Home Assistant device; on its own, the config's enabled
+        # cameras. Changed on the event loop, read by paho's and the publisher thread: `_cameras_lock`.
         self._cameras_lock = threading.Lock()
-        self._cameras: dict[str, CameraConfig] = dict(config.cameras)
+        self._cameras: dict[str, CameraConfig] = {} if settings is not None else enabled_cameras(config)
         owners = settings if settings is not None else self._own_settings(config)
         self.settings: dict[str, CameraSettings] = dict(owners)
         self._commands = CommandHandler(config, self.settings)
@@ -152,7 +157,10 @@ class MqttEvents:
     @staticmethod
     def _own_settings(config: Config) -> dict[str, CameraSettings]:
         """MQTT on its own: nothing else owns the cameras' settings, so they are made here."""
-        return {name: CameraSettings.from_camera(name, cam, config) for name, cam in config.cameras.items()}
+        return {
+            name: CameraSettings.from_camera(name, cam, config)
+            for name, cam in enabled_cameras(config).items()
+        }
 
     # -- FrameObserver --------------------------------------------------------------------------------
 
