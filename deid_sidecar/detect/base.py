@@ -14,6 +14,11 @@ from deid_sidecar.core.detections import Detections, Label
 Image = npt.NDArray[np.uint8]  # H x W x 3, BGR (OpenCV order), C-contiguous
 
 
+class DetectionRefused(RuntimeError):
+    """A detector declined to look at this frame (a shared service overloaded, replaced by a newer
+    frame, or stopped). Like any detector error, the frame is then masked whole."""
+
+
 class Detector(Protocol):
     """Finds objects in one BGR frame. Boxes come back in that frame's pixels.
 

@@ -19,13 +19,14 @@ from deid_sidecar.detect import runtime
 from deid_sidecar.detect.adapters import (
     Adapter,
     CenterFaceAdapter,
+    InputTensor,
     RetinaPlateAdapter,
     ScrfdAdapter,
     TfObjectDetectionAdapter,
     YoloAdapter,
 )
 from deid_sidecar.detect.base import Image
-from deid_sidecar.detect.zoom import ZoomRecheck, settle_unsure
+from deid_sidecar.detect.zoom import Infer, ZoomRecheck, settle_unsure
 from deid_sidecar.errors import ConfigError
 from deid_sidecar.models.registry import AdapterName, ModelSpec, get_model, model_path
 
@@ -79,18 +80,50 @@ class OnnxDetector:
         self.zoom = zoom if zoom is not None and zoom.threshold < threshold else None
         self.adapter = make_adapter(spec, session, label)
         self.input_name: str = session.get_inputs()[0].name
+        #: The model takes a batch of images in one run (a symbolic batch dimension, batch-first outputs).
+        self.batched = self.adapter.batch_first and not isinstance(session.get_inputs()[0].shape[0], int)
         #: Wall time of the last frame's inferences alone (ms, zoomed re-checks included), for stats.
         self.last_inference_ms = 0.0
 
     def detect(self, image: Image) -> Detections:
         spent = _Stopwatch()  # per call: several threads may detect at once
         infer = functools.partial(self._infer, spent=spent)
-        if self.zoom is None:
-            found = infer(image, self.input_width, self.threshold)
-        else:
-            candidates = infer(image, self.input_width, self.zoom.threshold)
-            found = settle_unsure(image, candidates, self.threshold, self.zoom, infer)
+        candidates = infer(image, self.input_width, self._floor)
+        found = self._settle(image, candidates, infer)
         self.last_inference_ms = spent.seconds * 1000.0
+        return found
+
+    def detect_batch(self, images: Sequence[Image]) -> list[Detections]:
+        """`detect` for each image; those whose tensors share a shape go through the model in ONE run
+        when it takes a batch (CenterFace does; a GPU needs that to be busy)."""
+        if len(images) < 2 or not self.batched:
+            return [self.detect(image) for image in images]
+        spent = _Stopwatch()
+        infer = functools.partial(self._infer, spent=spent)
+        prepared = [self.adapter.prepare(image, self.input_width) for image in images]
+        same_shape: dict[tuple[int, ...], list[int]] = {}
+        for index, (tensor, _meta) in enumerate(prepared):
+            same_shape.setdefault(tensor.shape, []).append(index)
+        found: dict[int, Detections] = {}
+        for indices in same_shape.values():
+            tensor = np.concatenate([prepared[i][0] for i in indices])
+            outputs = self._run(tensor, spent)
+            for row, i in enumerate(indices):
+                own = [np.asarray(output)[row : row + 1] for output in outputs]
+                candidates = self.adapter.decode(own, prepared[i][1], self._floor)
+                found[i] = self._settle(images[i], candidates, infer)
+        self.last_inference_ms = spent.seconds * 1000.0
+        return [found[i] for i in range(len(images))]
+
+    @property
+    def _floor(self) -> float:
+        """The lowest score decoded: the zoomed look's threshold when it is on."""
+        return self.zoom.threshold if self.zoom is not None else self.threshold
+
+    def _settle(self, image: Image, candidates: Detections, infer: Infer) -> Detections:
+        found = candidates
+        if self.zoom is not None:
+            found = settle_unsure(image, candidates, self.threshold, self.zoom, infer)
         if not len(found):
             return found
         height, width = image.shape[:2]
@@ -100,10 +133,13 @@ class OnnxDetector:
 
     def _infer(self, image: Image, input_width: int, threshold: float, spent: _Stopwatch) -> Detections:
         tensor, meta = self.adapter.prepare(image, input_width)
+        return self.adapter.decode(self._run(tensor, spent), meta, threshold)
+
+    def _run(self, tensor: InputTensor, spent: _Stopwatch) -> Any:
         started = time.perf_counter()
         outputs = self.session.run(None, {self.input_name: tensor})
         spent.seconds += time.perf_counter() - started
-        return self.adapter.decode(outputs, meta, threshold)
+        return outputs
 
     def warm_up(self) -> None:
         """One inference on a blank frame, so the first real frame does not pay for allocation."""
@@ -171,24 +207,30 @@ def load_detector(
     return detector
 
 
+def configured_detector(config: Config, label: Label, *, file_mode: bool = False) -> OnnxDetector:
+    """The detector `config.detection` sets up for `label` (file mode: its `file_input_width`)."""
+    detection = config.detection
+    settings: DetectorConfig = getattr(detection, label.key)
+    if not settings.enabled:
+        # Protecting something nobody looks for would pass it through in the clear.
+        raise ConfigError(f"detection.{label.key}.enabled is false, but a camera protects {label.key}")
+    width = (settings.file_input_width or settings.input_width) if file_mode else settings.input_width
+    return load_detector(
+        label, settings, Path(config.models_dir), detection.providers, detection.threads, width
+    )
+
+
+def every_pass(config: Config, label: Label, *, file_mode: bool = False) -> int:
+    settings: DetectorConfig = getattr(config.detection, label.key)
+    return settings.file_every_pass if file_mode else settings.every_pass
+
+
 def build_detector(config: Config, protect: set[Label], *, file_mode: bool = False) -> MultiDetector:
     """The detectors for `protect`, as configured in `config.detection`.
 
-    `file_mode` uses each detector's `file_input_width`: offline, small faces matter more than speed.
+    `file_mode` uses each detector's `file_input_width` and `file_every_pass` (live: `input_width`
+    and `every_pass`): offline, small faces matter more than speed.
     """
-    detection = config.detection
-    detectors = []
-    every = []
-    for label in sorted(protect):
-        settings: DetectorConfig = getattr(detection, label.key)
-        if not settings.enabled:
-            # Protecting something nobody looks for would pass it through in the clear.
-            raise ConfigError(f"detection.{label.key}.enabled is false, but a camera protects {label.key}")
-        width = (settings.file_input_width or settings.input_width) if file_mode else settings.input_width
-        every.append(settings.file_every_pass if file_mode else 1)
-        detectors.append(
-            load_detector(
-                label, settings, Path(config.models_dir), detection.providers, detection.threads, width
-            )
-        )
-    return MultiDetector(detectors, every)
+    labels = sorted(protect)
+    every = [every_pass(config, label, file_mode=file_mode) for label in labels]
+    return MultiDetector([configured_detector(config, label, file_mode=file_mode) for label in labels], every)

@@ -6,9 +6,14 @@ modules that hand these factories around stay cheap to import.
 
 from __future__ import annotations
 
+import os
+import threading
+from typing import Protocol
+
 from deid_sidecar.config import Config
 from deid_sidecar.core.detections import Label
-from deid_sidecar.detect.base import Detector
+from deid_sidecar.detect.base import Detector, DetectorFactory
+from deid_sidecar.detect.service import DetectionClient, InferenceService
 
 
 def live_detector(config: Config, labels: set[Label]) -> Detector:
@@ -25,3 +30,67 @@ def file_detector(config: Config, labels: set[Label]) -> Detector:
 
     detector: Detector = build_detector(config, labels, file_mode=True)
     return detector
+
+
+class CameraDetectors(Protocol):
+    """Where a fleet's cameras get their detectors (blocking: models load in seconds)."""
+
+    def for_camera(self, name: str, labels: set[Label]) -> Detector: ...
+
+    def release(self, detector: Detector | None) -> None:
+        """The camera stopped, or its detector was replaced."""
+
+    def close(self) -> None: ...
+
+
+class SharedDetection:
+    """The live cameras' detectors: clients of ONE inference service (detect/service.py), each model
+    loaded once for them all."""
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self._lock = threading.Lock()
+        self._service: InferenceService | None = None
+
+    def for_camera(self, name: str, labels: set[Label]) -> Detector:
+        from deid_sidecar.detect.detector import configured_detector, every_pass
+
+        with self._lock:
+            if self._service is None:
+                detection = self.config.detection
+                workers = detection.workers or os.cpu_count() or 1
+                self._service = InferenceService({}, detection.max_batch, workers).start()
+            for label in sorted(labels - set(self._service.detectors)):
+                self._service.add_model(label, configured_detector(self.config, label))
+            every = {label: every_pass(self.config, label) for label in labels}
+            return self._service.client(name, labels, self.config.privacy.detect_budget_ms / 1000.0, every)
+
+    def release(self, detector: Detector | None) -> None:
+        if isinstance(detector, DetectionClient):
+            detector.close()
+
+    def close(self) -> None:
+        with self._lock:
+            service, self._service = self._service, None
+        if service is not None:
+            service.close()
+
+    @property
+    def service(self) -> InferenceService | None:
+        return self._service
+
+
+class DetectorPerCamera:
+    """Each camera its own detector from `factory` (tests, and web apps served on their own)."""
+
+    def __init__(self, config: Config, factory: DetectorFactory) -> None:
+        self.config, self.factory = config, factory
+
+    def for_camera(self, name: str, labels: set[Label]) -> Detector:
+        return self.factory(self.config, labels)
+
+    def release(self, detector: Detector | None) -> None:
+        pass
+
+    def close(self) -> None:
+        pass

@@ -17,8 +17,8 @@ from typing import Protocol
 
 from deid_sidecar.config import CameraConfig, Config
 from deid_sidecar.core.detections import Label
-from deid_sidecar.detect.base import DetectorFactory
-from deid_sidecar.detect.factories import live_detector
+from deid_sidecar.detect.base import Detector, DetectorFactory
+from deid_sidecar.detect.factories import CameraDetectors, DetectorPerCamera, SharedDetection
 from deid_sidecar.engine.live import CameraPipeline
 from deid_sidecar.engine.observer import FrameObserver
 from deid_sidecar.engine.settings import CameraSettings
@@ -46,11 +46,17 @@ class CameraFleet:
         self,
         config: Config,
         observer: FrameObserver | None = None,
-        detector_factory: DetectorFactory = live_detector,
+        detector_factory: DetectorFactory | None = None,
     ) -> None:
+        """`detector_factory`: each camera its own detector from it (tests); by default the cameras
+        share one inference service, so N cameras do not run N models at once on the same cores."""
         self.config = config
         self.observer = observer
-        self.detector_factory = detector_factory
+        self.detectors: CameraDetectors = (
+            SharedDetection(config)
+            if detector_factory is None
+            else DetectorPerCamera(config, detector_factory)
+        )
         self.pipelines: dict[str, CameraPipeline] = {}
         self.hubs: dict[str, StreamHub] = {}  # output stream name -> hub (the HTTP routes read it)
         self.added: set[str] = set()  # cameras added at runtime (removable; not in the config file)
@@ -59,7 +65,7 @@ class CameraFleet:
 
     @classmethod
     def of(
-        cls, pipelines: dict[str, CameraPipeline], config: Config, factory: DetectorFactory
+        cls, pipelines: dict[str, CameraPipeline], config: Config, factory: DetectorFactory | None
     ) -> CameraFleet:
         """A fleet around pipelines built elsewhere (tests, and web apps served on their own)."""
         fleet = cls(config, detector_factory=factory)
@@ -101,10 +107,20 @@ class CameraFleet:
         for pipeline in list(self.pipelines.values()):
             self._load_detector(pipeline)
 
+    def detector_for(self, name: str, labels: set[Label]) -> Detector:
+        """Blocking (executor): a detector for camera `name` (loads the models it is the first to need)."""
+        return self.detectors.for_camera(name, labels)
+
+    def replace_detector(self, pipeline: CameraPipeline, detector: Detector) -> None:
+        old = pipeline.processor.detector
+        pipeline.set_detector(detector)
+        if old is not detector:
+            self.detectors.release(old)
+
     def _load_detector(self, pipeline: CameraPipeline) -> None:
         labels = {Label.parse(kind) for kind in pipeline.settings.values.protect}
         try:
-            pipeline.set_detector(self.detector_factory(self.config, labels))
+            self.replace_detector(pipeline, self.detector_for(pipeline.name, labels))
         except Exception:  # the camera stays fail-closed (whole frames masked), and says why
             log.exception("%s: detector could not be loaded; every frame stays masked whole", pipeline.name)
             return
@@ -140,6 +156,7 @@ class CameraFleet:
             except Exception:  # the camera goes anyway; what could not be undone is logged
                 log.exception("%s: unwiring %s failed", name, type(wiring).__name__)
         await asyncio.get_running_loop().run_in_executor(None, pipeline.stop)
+        self.detectors.release(pipeline.processor.detector)
 
     def _tell_added(self, pipeline: CameraPipeline) -> None:
         for wiring in self._wirings:
@@ -152,6 +169,7 @@ class CameraFleet:
         for name, result in zip(names, await asyncio.gather(*stops, return_exceptions=True), strict=True):
             if isinstance(result, Exception):
                 log.error("%s: stopping failed: %s", name, result)
+        self.detectors.close()  # after the cameras: none of them is left waiting on it
 
 
 def _tell(wiring: CameraWiring, pipeline: CameraPipeline) -> None:

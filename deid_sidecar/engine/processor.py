@@ -22,7 +22,7 @@ from deid_sidecar.anonymize.masks import Anonymizer, ZoneMasker, mask_whole_fram
 from deid_sidecar.config import PrivacyConfig, WholeFrameMask
 from deid_sidecar.core.detections import Detections
 from deid_sidecar.core.image import Image
-from deid_sidecar.detect.base import Detector
+from deid_sidecar.detect.base import DetectionRefused, Detector
 from deid_sidecar.track.edges import EdgeGuard, Rect
 from deid_sidecar.track.policy import DelayBuffer, DetectionScheduler
 from deid_sidecar.track.scenecut import SceneCutDetector
@@ -30,6 +30,8 @@ from deid_sidecar.track.tracker import Tracker
 
 log = logging.getLogger(__name__)
 
+#: Under overload every detection may be refused: say so once per this many seconds.
+REFUSAL_LOG_S = 10.0
 #: New tracks at least this confident earn a burst of extra detections (see DetectionScheduler).
 BURST_MIN_CONFIDENCE = 0.5
 
@@ -108,6 +110,7 @@ class FrameProcessor:
         self._generation: int | None = None
         self._executor = ThreadPoolExecutor(1, thread_name_prefix="detect")
         self._inflight: Future[Detections] | None = None
+        self._refusal_logged_at = -REFUSAL_LOG_S
 
     def close(self) -> None:
         self._executor.shutdown(wait=False, cancel_futures=True)
@@ -194,6 +197,12 @@ class FrameProcessor:
             self._inflight = future
             self.counters.detector_timeouts += 1
             log.warning("detector ran past its %.0f ms budget: masking whole frames", self._budget_s * 1000)
+            return None
+        except DetectionRefused as exc:  # the shared service is overloaded: expected, no traceback
+            self.counters.detector_errors += 1
+            if time.monotonic() - self._refusal_logged_at >= REFUSAL_LOG_S:
+                self._refusal_logged_at = time.monotonic()
+                log.warning("detection refused (%s): masking whole frames", exc)
             return None
         except Exception:
             self.counters.detector_errors += 1

@@ -223,9 +223,9 @@ async def patch_camera(request: web.Request) -> web.Response:
         # Loading models takes seconds: off the loop. The old detector keeps masking meanwhile; the
         # new one goes in only together with the protect it was built for.
         labels = {Label.parse(p) for p in patch.protect}
-        detector = await in_executor(state.fleet.detector_factory, state.config, labels)
+        detector = await in_executor(state.fleet.detector_for, name, labels)
         _submit(pipeline.settings, by, version, {"protect": list(patch.protect)})
-        pipeline.set_detector(detector)
+        state.fleet.replace_detector(pipeline, detector)
     for change in less:  # recorded once made: a refused change (409) is no unmasking
         state.record_audit(identity_of(request).user, name, f"masks less: {change}")
     return web.json_response(state.camera_json(name))

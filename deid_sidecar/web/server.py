@@ -22,7 +22,7 @@ from aiohttp.http_exceptions import HttpProcessingError
 from deid_sidecar import __version__
 from deid_sidecar.config import Config, parse_config
 from deid_sidecar.detect.base import DetectorFactory
-from deid_sidecar.detect.factories import file_detector, live_detector
+from deid_sidecar.detect.factories import file_detector
 from deid_sidecar.engine.fleet import CameraFleet
 from deid_sidecar.engine.live import CameraPipeline
 from deid_sidecar.jobs import JobError, JobManager
@@ -151,6 +151,7 @@ async def _background(app: web.Application) -> AsyncIterator[None]:
     if state.owns_fleet:  # served on its own (tests): the cameras added here are stopped here
         for name in list(state.fleet.added):
             await state.fleet.remove(name)
+        state.fleet.detectors.close()
     await loop.run_in_executor(None, state.jobs.close)
 
 
@@ -182,7 +183,7 @@ def build_app(
     if isinstance(pipelines, CameraFleet):
         fleet, owns_fleet = pipelines, False
     else:
-        fleet, owns_fleet = CameraFleet.of(dict(pipelines), config, detector_factory or live_detector), True
+        fleet, owns_fleet = CameraFleet.of(dict(pipelines), config, detector_factory), True
     access = auth.Auth(api_token, users, host, config.server.allowed_hosts)
     logging.getLogger("aiohttp.server").addFilter(_BAD_REQUEST_LOG)  # a set: added once
     state = WebState(
