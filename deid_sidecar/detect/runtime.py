@@ -54,6 +54,9 @@ def session_options(threads: int) -> Any:
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     options.add_session_config_entry("session.inter_op.allow_spinning", "0")
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    # Memory patterns are kept per input shape, and the zoomed looks (detect/zoom.py) bring a new shape
+    # for every crop size: off, face + plate inference took 261 MB instead of 337 MB at the same speed.
+    options.enable_mem_pattern = False
     options.log_severity_level = 3  # warnings about unused initializers are noise here
     return options
 

@@ -254,8 +254,11 @@ class CameraPipeline:
         started = time.perf_counter()
         detections_before = self.processor.counters.detections_run
         outputs = self.processor.process(image, t, index, generation, self._detect_image(t))
-        self.stats.record_stage("process", time.perf_counter() - started)
+        elapsed = time.perf_counter() - started
+        self.stats.record_stage("process", elapsed)
         detections = self.processor.counters.detections_run - detections_before
+        if not detections:  # what every frame costs besides detection: tracking, masking
+            self.stats.record_stage("mask", elapsed)
         if detections:
             self.stats.detection_ran(detections)
         for processed in outputs:
@@ -265,7 +268,10 @@ class CameraPipeline:
             self._publish(processed)
         self._update_state(t)
         if self.auto_detect_every:
-            self.processor.adapt_schedule(1000.0 / self.fps, self.stats.stage("encode"))
+            # Measured on this camera's own thread, so with several cameras on the same cores these
+            # costs grow and detection spreads out instead of the camera falling behind.
+            other_ms = self.stats.stage("encode") + self.stats.stage("mask")
+            self.processor.adapt_schedule(1000.0 / self.fps, other_ms)
 
     def _update_state(self, t: float) -> None:
         """After a processed frame: online or degraded, unless an outage is not over yet."""
