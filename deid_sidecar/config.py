@@ -102,13 +102,6 @@ class DetectorConfig(Strict):
         description="Long side for inference in file mode, where small objects matter more than speed "
         "(default: input_width).",
     )
-    every_pass: int = Field(
-        1,
-        ge=1,
-        le=10,
-        description="Live: run this detector on every Nth detection pass only; its tracks coast between "
-        "(for large, smoothly moving objects such as plates).",
-    )
     file_every_pass: int = Field(
         1,
         ge=1,
@@ -158,10 +151,10 @@ class DetectionConfig(Strict):
         description="Face detector.",
     )
     license_plate: DetectorConfig = Field(
-        # Plates are large and move smoothly: every other detection pass is enough (the fast plate of
-        # the leak benchmark, 450 px/s, stays masked; ~30 ms saved on every other pass).
+        # Plates are large and move smoothly: in file mode every other detection pass is enough. Not
+        # live: where passes are far apart (a slow machine) a skipped pass outlives the plate's track.
         default_factory=lambda: DetectorConfig(
-            model="yolov8n-plate", threshold=0.2, event_threshold=0.5, every_pass=2, file_every_pass=2
+            model="yolov8n-plate", threshold=0.2, event_threshold=0.5, file_every_pass=2
         ),
         description="License-plate detector.",
     )

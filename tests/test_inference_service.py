@@ -238,19 +238,6 @@ def test_a_batch_through_centerface_finds_what_one_image_at_a_time_finds(
         np.testing.assert_allclose(np.sort(together.xyxy, axis=0), np.sort(alone.xyxy, axis=0), atol=1.0)
 
 
-def test_a_model_with_a_cadence_of_its_own_runs_on_every_nth_frame_only() -> None:
-    faces, plates = GatedModel(), GatedModel()
-    service = InferenceService({Label.FACE: faces, Label.LICENSE_PLATE: plates}).start()
-    try:
-        drive = service.client("drive", {Label.FACE, Label.LICENSE_PLATE}, 5.0, {Label.LICENSE_PLATE: 2})
-        for tag in range(5):
-            drive.detect(tagged(tag))
-    finally:
-        service.close()
-    assert faces.runs == [[0], [1], [2], [3], [4]]
-    assert plates.runs == [[0], [2], [4]]  # the first frame included
-
-
 def test_with_two_workers_two_cameras_are_served_at_the_same_time() -> None:
     model = GatedModel()
     service = InferenceService({Label.FACE: model}, max_batch=1, workers=2).start()

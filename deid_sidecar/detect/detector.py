@@ -220,17 +220,12 @@ def configured_detector(config: Config, label: Label, *, file_mode: bool = False
     )
 
 
-def every_pass(config: Config, label: Label, *, file_mode: bool = False) -> int:
-    settings: DetectorConfig = getattr(config.detection, label.key)
-    return settings.file_every_pass if file_mode else settings.every_pass
-
-
 def build_detector(config: Config, protect: set[Label], *, file_mode: bool = False) -> MultiDetector:
     """The detectors for `protect`, as configured in `config.detection`.
 
-    `file_mode` uses each detector's `file_input_width` and `file_every_pass` (live: `input_width`
-    and `every_pass`): offline, small faces matter more than speed.
+    `file_mode` uses each detector's `file_input_width` and `file_every_pass`: offline, small faces
+    matter more than speed.
     """
     labels = sorted(protect)
-    every = [every_pass(config, label, file_mode=file_mode) for label in labels]
+    every = [getattr(config.detection, label.key).file_every_pass if file_mode else 1 for label in labels]
     return MultiDetector([configured_detector(config, label, file_mode=file_mode) for label in labels], every)

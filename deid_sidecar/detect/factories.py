@@ -53,7 +53,7 @@ class SharedDetection:
         self._service: InferenceService | None = None
 
     def for_camera(self, name: str, labels: set[Label]) -> Detector:
-        from deid_sidecar.detect.detector import configured_detector, every_pass
+        from deid_sidecar.detect.detector import configured_detector
 
         with self._lock:
             if self._service is None:
@@ -62,8 +62,7 @@ class SharedDetection:
                 self._service = InferenceService({}, detection.max_batch, workers).start()
             for label in sorted(labels - set(self._service.detectors)):
                 self._service.add_model(label, configured_detector(self.config, label))
-            every = {label: every_pass(self.config, label) for label in labels}
-            return self._service.client(name, labels, self.config.privacy.detect_budget_ms / 1000.0, every)
+            return self._service.client(name, labels, self.config.privacy.detect_budget_ms / 1000.0)
 
     def release(self, detector: Detector | None) -> None:
         if isinstance(detector, DetectionClient):

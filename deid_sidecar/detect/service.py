@@ -17,7 +17,6 @@ treats a failed detection that way). Nothing here ever returns "no objects" for 
 
 from __future__ import annotations
 
-import itertools
 import logging
 import threading
 import time
@@ -59,7 +58,7 @@ class ServiceCounters:
 class _Request:
     client: DetectionClient
     image: Image
-    labels: frozenset[Label]  # the models due on this frame (see DetectionClient's `every`)
+    labels: frozenset[Label]  # the models to run on this frame
     deadline: float
     future: Future[Detections] = field(default_factory=Future)
     parts: list[Detections] = field(default_factory=list)
@@ -102,13 +101,11 @@ class InferenceService:
         with self._cond:
             self.detectors[label] = detector
 
-    def client(
-        self, name: str, labels: set[Label], budget_s: float, every: Mapping[Label, int] | None = None
-    ) -> DetectionClient:
+    def client(self, name: str, labels: set[Label], budget_s: float) -> DetectionClient:
         missing = labels - set(self.detectors)
         if missing:
             raise ValueError(f"{name}: no model loaded for {', '.join(sorted(m.key for m in missing))}")
-        return DetectionClient(self, name, frozenset(labels), budget_s, every or {})
+        return DetectionClient(self, name, frozenset(labels), budget_s)
 
     def close(self) -> None:
         with self._cond:
@@ -195,11 +192,7 @@ class InferenceService:
 
 
 class DetectionClient:
-    """A camera's handle on the service: a `Detector` like any other. Safe from several threads.
-
-    `every`: a model runs on every Nth call only, the first included (plates: every other pass); its
-    objects are followed by the camera's tracker between its runs, as with MultiDetector.
-    """
+    """A camera's handle on the service: a `Detector` like any other. Safe from several threads."""
 
     def __init__(
         self,
@@ -207,22 +200,17 @@ class DetectionClient:
         name: str,
         labels: frozenset[Label],
         budget_s: float,
-        every: Mapping[Label, int],
     ) -> None:
         self.service = service
         self.name = name
         self.labels = labels
         self.budget_s = budget_s
-        self.every = dict(every)
-        self._calls = itertools.count()
         self._closed = False
 
     def detect(self, image: Image) -> Detections:
         if self._closed:
             raise DetectionRefused(f"{self.name}: the camera stopped")
-        call = next(self._calls)
-        due = frozenset(label for label in self.labels if call % max(1, self.every.get(label, 1)) == 0)
-        request = _Request(self, image, due, self.service.clock() + self.budget_s)
+        request = _Request(self, image, self.labels, self.service.clock() + self.budget_s)
         self.service.submit(request)
         try:
             return request.future.result(timeout=self.budget_s * GIVE_UP_BUDGETS)
