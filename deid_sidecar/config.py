@@ -560,6 +560,11 @@ class Config(Strict):
         return self
 
 
+def enabled_cameras(config: Config) -> dict[str, CameraConfig]:
+    """The cameras the config runs (`enabled: true`)."""
+    return {name: camera for name, camera in config.cameras.items() if camera.enabled}
+
+
 def output_name(camera_name: str, camera: CameraConfig) -> str:
     return camera.output.name or f"{camera_name}_anon"
 

@@ -74,10 +74,6 @@ class SharedDetection:
         if service is not None:
             service.close()
 
-    @property
-    def service(self) -> InferenceService | None:
-        return self._service
-
 
 class DetectorPerCamera:
     """Each camera its own detector from `factory` (tests, and web apps served on their own)."""

@@ -50,15 +50,11 @@ class ServiceCounters:
     replaced: int = 0  # a newer frame of the same camera came first
     failed: int = 0  # the model raised
 
-    def as_dict(self) -> dict[str, int]:
-        return dict(vars(self))
-
 
 @dataclass
 class _Request:
     client: DetectionClient
     image: Image
-    labels: frozenset[Label]  # the models to run on this frame
     deadline: float
     future: Future[Detections] = field(default_factory=Future)
     parts: list[Detections] = field(default_factory=list)
@@ -76,7 +72,7 @@ class InferenceService:
     ) -> None:
         self.detectors = dict(detectors)
         self.max_batch = max(1, max_batch)
-        self.counters = ServiceCounters()
+        self.counters = ServiceCounters()  # changed under `_cond` (several workers)
         self.clock = clock
         self._waiting: dict[DetectionClient, _Request] = {}  # insertion order: oldest first
         self._cond = threading.Condition()
@@ -165,12 +161,13 @@ class InferenceService:
     def _run(self, batch: list[_Request], models: list[tuple[Label, BatchDetector]]) -> None:
         now = self.clock()
         live = [r for r in batch if r.deadline >= now]
+        with self._cond:
+            self.counters.expired += len(batch) - len(live)
         for request in batch:
             if request.deadline < now:
-                self.counters.expired += 1
                 _refuse(request, f"{request.client.name}: waited past its budget (overloaded)")
         for label, detector in models:
-            members = [r for r in live if label in r.labels and not r.future.done()]
+            members = [r for r in live if label in r.client.labels and not r.future.done()]
             if members:
                 self._run_model(detector, members)
         for request in live:
@@ -181,12 +178,14 @@ class InferenceService:
         try:
             found = detector.detect_batch([r.image for r in members])
         except Exception as exc:  # these cameras mask the frame whole; the others go on
-            self.counters.failed += len(members)
+            with self._cond:
+                self.counters.failed += len(members)
             for request in members:
                 request.future.set_exception(exc)
             return
-        self.counters.runs += 1
-        self.counters.images += len(members)
+        with self._cond:
+            self.counters.runs += 1
+            self.counters.images += len(members)
         for request, detections in zip(members, found, strict=True):
             request.parts.append(detections)
 
@@ -210,7 +209,7 @@ class DetectionClient:
     def detect(self, image: Image) -> Detections:
         if self._closed:
             raise DetectionRefused(f"{self.name}: the camera stopped")
-        request = _Request(self, image, self.labels, self.service.clock() + self.budget_s)
+        request = _Request(self, image, self.service.clock() + self.budget_s)
         self.service.submit(request)
         try:
             return request.future.result(timeout=self.budget_s * GIVE_UP_BUDGETS)

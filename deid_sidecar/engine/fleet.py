@@ -15,7 +15,7 @@ import asyncio
 import logging
 from typing import Protocol
 
-from deid_sidecar.config import CameraConfig, Config
+from deid_sidecar.config import CameraConfig, Config, enabled_cameras
 from deid_sidecar.core.detections import Label
 from deid_sidecar.detect.base import Detector, DetectorFactory
 from deid_sidecar.detect.factories import CameraDetectors, DetectorPerCamera, SharedDetection
@@ -82,9 +82,8 @@ class CameraFleet:
 
     def build_configured(self) -> None:
         """The config file's enabled cameras (at start-up, before anything runs)."""
-        for name, camera in self.config.cameras.items():
-            if camera.enabled:
-                self.build(name, camera)
+        for name, camera in enabled_cameras(self.config).items():
+            self.build(name, camera)
 
     def _keep(self, pipeline: CameraPipeline) -> None:
         self.pipelines[pipeline.name] = pipeline

@@ -257,10 +257,10 @@ class CameraPipeline:
         elapsed = time.perf_counter() - started
         self.stats.record_stage("process", elapsed)
         detections = self.processor.counters.detections_run - detections_before
-        if not detections:  # what every frame costs besides detection: tracking, masking
-            self.stats.record_stage("mask", elapsed)
         if detections:
             self.stats.detection_ran(detections)
+        else:  # what every frame costs besides detection: tracking, masking
+            self.stats.record_stage("mask", elapsed)
         for processed in outputs:
             if processed.whole_frame and self._hold_on_failure:
                 self.stats.frame_dropped()  # configured to hold rather than show a masked frame

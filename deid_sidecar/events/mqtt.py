@@ -39,7 +39,7 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
 from deid_sidecar import __version__
-from deid_sidecar.config import CameraConfig, Config
+from deid_sidecar.config import CameraConfig, Config, enabled_cameras
 from deid_sidecar.core.detections import Detections
 from deid_sidecar.core.redact import mask_secrets
 from deid_sidecar.engine.settings import CameraSettings, SettingsChange
@@ -109,10 +109,6 @@ class Outbox:
             return
         self._items.appendleft(message)
         self._bytes += len(message.payload_bytes)
-
-
-def enabled_cameras(config: Config) -> dict[str, CameraConfig]:
-    return {name: camera for name, camera in config.cameras.items() if camera.enabled}
 
 
 class MqttEvents:
