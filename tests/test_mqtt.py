@@ -152,7 +152,7 @@ def test_stop_publishes_offline(broker: Broker, recorder: Recorder) -> None:
 
 @pytest.mark.parametrize("as_in_the_app", [True, False], ids=["app", "mqtt-on-its-own"])
 def test_a_camera_the_config_disables_gets_no_home_assistant_device(
-    broker: Broker, as_in_the_app: bool
+    broker: Broker, recorder: Recorder, as_in_the_app: bool
 ) -> None:
     config = make_config(broker.port).model_copy(deep=True)
     config.cameras["back"].enabled = False
@@ -167,6 +167,9 @@ def test_a_camera_the_config_disables_gets_no_home_assistant_device(
     events.start()
     try:
         wait_connected(events)
+        # `online` closes the (re)connect's resync: a subscriber that joins earlier sees the rest live,
+        # not as retained.
+        recorder.wait_topic("deid/available", b"online")
         kept = retained_now(broker.port, ["homeassistant/#", "deid/#"])
     finally:
         events.stop()
