@@ -163,6 +163,31 @@ def test_profile_face_falls_back_to_blur(media_dir: Path, face_detector: MultiDe
     assert anonymizer.counters.faces_blurred == 1
 
 
+def test_a_face_turning_near_the_limit_keeps_its_synthetic_face(
+    media_dir: Path, face_detector: MultiDetector
+) -> None:
+    image = cv2.imread(str(media_dir / "astronaut.png"))
+    found = face_detector.detect(image)[:1]
+    eyes = found.keypoints[0, :2]
+    eye_distance = float(np.linalg.norm(eyes[1] - eyes[0]))
+
+    def turned(nose_offset: float) -> Detections:
+        keypoints = found.keypoints.copy()
+        keypoints[0, 2, 0] = eyes[:, 0].mean() + nose_offset * eye_distance
+        return Detections(found.xyxy, found.confidence, found.label, np.array([3], np.int64), keypoints)
+
+    anonymizer = _replacer(replace_smoothing=0.0)
+    anonymizer.apply(image.copy(), turned(0.3))
+    for offset in (0.65, 0.7, 0.65, 0.7):  # just past the limit a new face would get, for a few frames
+        anonymizer.apply(image.copy(), turned(offset))
+    assert (anonymizer.counters.faces_replaced, anonymizer.counters.faces_blurred) == (5, 0)
+    anonymizer.apply(image.copy(), turned(1.0))  # turned well away: blurred
+    assert anonymizer.counters.faces_blurred == 1
+    fresh = _replacer(replace_smoothing=0.0)
+    fresh.apply(image.copy(), turned(0.7))  # the same pose on a track seen for the first time: blurred
+    assert fresh.counters.faces_blurred == 1
+
+
 def test_plate_without_quadrilateral_is_filled() -> None:
     rng = np.random.default_rng(0)
     image = rng.integers(0, 255, (100, 160, 3), dtype=np.uint8)  # noise: no bright plate shape

@@ -1,12 +1,14 @@
 """Face replacement: paint a k-anonymous synthetic face over each face, aligned on its 5 landmarks.
 
 Source faces (deid_sidecar/data/source_faces/, built by scripts/build_source_faces.py) are averages of k real
-faces in a canonical 128x128 frame. Per face: the whole box is blurred first (hair, ears and anything
-the synthetic face does not cover must not stay clear), then the source, colour-matched to the target
-in LAB, is warped onto the landmarks with alpha = 1 over the inner face ellipse (brows, eyes, nose,
-mouth) and a feathered edge around it. No original pixel of the inner face survives. Last, wherever
-the synthetic face's fine detail happens to follow the original's (both are aligned on the same
-landmarks), it is toned down (`decorrelate`), so the output carries none of the original's edges.
+faces in a canonical 128x128 frame. Per face: the head is blurred first over a rounded shape that
+covers the whole detection box and fades out before the grown box's edges (hair, ears and anything the
+synthetic face does not cover must not stay clear, and no blurred rectangle frames the face). Then the
+source, colour-matched to the target in LAB and given a fixed skin grain, is warped onto the landmarks
+with alpha = 1 over the whole face oval (forehead, cheeks, jaw) and a feathered edge around it. No
+original pixel of the face survives. Last, wherever the synthetic face's detail happens to follow the
+original's (both are aligned on the same landmarks), it is toned down band by band (`decorrelate`), so
+the output carries none of the original's edges.
 """
 
 from __future__ import annotations
@@ -15,12 +17,13 @@ import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 import cv2
 import numpy as np
 import numpy.typing as npt
 
-from deid_sidecar.anonymize.regions import blur_region
+from deid_sidecar.anonymize.regions import rounded_blur
 from deid_sidecar.core.detections import NO_TRACK
 from deid_sidecar.core.image import Image, as_image
 
@@ -36,11 +39,22 @@ CANONICAL_LANDMARKS = (
     )
     + 8.0
 )
-#: The inner face (brows to below the mouth) as an ellipse in canonical pixels: alpha is 1 inside.
+#: The inner face (brows to below the mouth) as an ellipse in canonical pixels: colour statistics and
+#: the sharp part of the source's detail live here.
 INNER_CENTER = (64.0, 76.0)
 INNER_AXES = (37.0, 46.0)
-#: Feathered band outside the inner ellipse, as a fraction of its radius.
-FEATHER = 0.25
+#: The whole face oval (hairline to chin, cheek to cheek): the synthetic face covers it at alpha = 1, so
+#: no blurred band of the original's cheeks and jaw is left between the face and the head around it.
+FACE_CENTER = (64.0, 74.0)
+FACE_AXES = (43.0, 53.0)
+#: Feathered band outside the face oval, as a fraction of its radius.
+FEATHER = 0.2
+#: Lighting: the synthetic face keeps only its detail finer than this Gaussian (canonical pixels, a
+#: sixth of the face) and takes its shading and colour below it from the target, so it is lit like the
+#: scene and meets the blurred head around it without a seam. That shading is a Gaussian of a sixth of
+#: the face, stronger than the blur method (the grown box in 6 samples, about an eighth of the face
+#: as a Gaussian), so it reveals no more than blurring would.
+SHADING_SIGMA = 14.0
 #: Target contrast may differ from the source's by at most this factor: a very flat (dark, blurred)
 #: target would otherwise give a flat face, a very busy one a harsh one.
 CONTRAST_RANGE = (0.6, 1.6)
@@ -48,43 +62,59 @@ CONTRAST_RANGE = (0.6, 1.6)
 #: midpoint than this fraction of the eye distance, means the face is turned too far to replace.
 MIN_EYE_RATIO = 0.2
 MAX_NOSE_OFFSET = 0.6
-#: Base blur over the grown box: full up to this normalized radius, none beyond the second. The
-#: detection box's own corners (radius 1/(1 + margin) * sqrt(2), about 1.09 at margin 0.3) stay inside.
-BLUR_FADE = (1.1, 1.4)
+#: A track that is being replaced keeps its synthetic face until it turns this much further: without
+#: the hysteresis a face turning near the limit flips between a synthetic face and a blur every frame.
+TURN_LEEWAY = 1.35
 #: Source detail is full inside RIM[0] (normalized inner-ellipse radius) and blurred by RIM_SIGMA
 #: canonical pixels beyond RIM[1]: eyes, nose and mouth stay sharp, the outline does not.
 RIM = (0.6, 0.9)
 RIM_SIGMA = 5.0
 #: Decorrelation guard. The synthetic face is aligned on the original's landmarks, so its own edges
-#: (nose, brows, eyes) can land on the original's: no original pixel is left, yet the output's fine
-#: detail would still follow the original's there. Over windows of GUARD_WINDOW x the face width, the
-#: output's detail (high-pass at GUARD_SIGMA x the face width) is scaled down wherever its regression
-#: on the original's detail exceeds GUARD_MAX in magnitude; detail that does not follow the original's
-#: is left alone, so the face keeps its texture.
-GUARD_SIGMA = 1 / 15
+#: (nose, brows, eyes) can land on the original's: no original pixel is left, yet the output's detail
+#: would still follow the original's there. Per band of detail (between Gaussian blurs at these
+#: fractions of the face width, the finest one at least GUARD_MIN_SIGMA px) and over windows of
+#: GUARD_WINDOW x the face width, the output's band is scaled down wherever its regression on the
+#: original's same band exceeds GUARD_MAX in magnitude; detail that does not follow the original's is
+#: left alone, so the face keeps its texture. Two bands: the fine edges the eye reads identity from,
+#: and the coarser shapes of brows, eyes and mouth.
+GUARD_SIGMAS = (1 / 30, 1 / 15)
+#: A learned swapper keeps the original's pose and expression by design, so its output can follow the
+#: original's coarse shapes too: its faces get a third, coarser band (a k-Same face's coarse shapes are
+#: its source's, and guarding them would only flatten the face).
+GUARD_SIGMAS_LEARNED = (1 / 30, 1 / 15, 1 / 7)
+GUARD_MIN_SIGMA = 1.0
 GUARD_WINDOW = 0.07
-GUARD_MAX = 0.25
-#: Skin grain: fixed noise (LAB L std, correlation length in canonical pixels) added to each source.
-#: An average of k faces is smoother than any real skin, and the guard smooths it further where it
-#: follows the original; the grain is the same for every frame of a source, so it moves with the face.
+GUARD_MAX = 0.15
+#: Skin grain: fixed noise (LAB L std, correlation length in canonical pixels) added to each source
+#: after its colour match, so a contrasty scene does not turn it into speckle. An average of k faces is
+#: smoother than any real skin; the grain is the same for every frame of a source, so it moves with
+#: the face instead of flickering.
 GRAIN_STD = 4.0
-GRAIN_SIGMA = 0.7
+GRAIN_SIGMA = 0.8
 #: Grey-level variance added to the original's local detail energy: flat areas have nothing to follow.
 GUARD_FLOOR = 0.25
 
 
-def _ellipse_radius() -> FloatArray:
-    """Normalized radius of every canonical pixel in the inner ellipse (1 on its rim)."""
+def _ellipse_radius(
+    center: tuple[float, float] = INNER_CENTER, axes: tuple[float, float] = INNER_AXES
+) -> FloatArray:
+    """Normalized radius of every canonical pixel in an ellipse (1 on its rim; the inner face's by default)."""
     ys, xs = np.mgrid[0:CANONICAL_SIZE, 0:CANONICAL_SIZE].astype(np.float32)
-    radius = np.sqrt(
-        ((xs - INNER_CENTER[0]) / INNER_AXES[0]) ** 2 + ((ys - INNER_CENTER[1]) / INNER_AXES[1]) ** 2
-    )
+    radius = np.sqrt(((xs - center[0]) / axes[0]) ** 2 + ((ys - center[1]) / axes[1]) ** 2)
     return np.asarray(radius, np.float32)
 
 
-def inner_face_mask(feather: float = FEATHER) -> FloatArray:
-    """(S, S) alpha in canonical pixels: 1 inside the inner ellipse, linear ramp to 0 over `feather`."""
-    radius = _ellipse_radius()
+def inner_face_mask(feather: float = 0.0) -> FloatArray:
+    """(S, S) in canonical pixels: 1 inside the inner face ellipse, linear ramp to 0 over `feather`."""
+    return _ramp(_ellipse_radius(), feather)
+
+
+def face_oval_mask(feather: float = FEATHER) -> FloatArray:
+    """(S, S) alpha in canonical pixels: 1 inside the whole face oval, linear ramp to 0 over `feather`."""
+    return _ramp(_ellipse_radius(FACE_CENTER, FACE_AXES), feather)
+
+
+def _ramp(radius: FloatArray, feather: float) -> FloatArray:
     if feather <= 0:
         return (radius <= 1.0).astype(np.float32)
     return np.asarray(np.clip((1.0 + feather - radius) / feather, 0.0, 1.0), np.float32)
@@ -109,52 +139,49 @@ def similarity(src: FloatArray, dst: FloatArray) -> npt.NDArray[np.float64]:
     return matrix
 
 
-def is_frontal(landmarks: FloatArray, box_width: float) -> bool:
+def is_frontal(landmarks: FloatArray, box_width: float, leeway: float = 1.0) -> bool:
+    """Turned little enough to replace; `leeway` > 1 widens both limits."""
     left_eye, right_eye, nose = landmarks[0], landmarks[1], landmarks[2]
     eye_distance = float(np.linalg.norm(right_eye - left_eye))
-    if eye_distance < MIN_EYE_RATIO * box_width:
+    if eye_distance < MIN_EYE_RATIO / leeway * box_width:
         return False
     offset = abs(float(nose[0] - (left_eye[0] + right_eye[0]) / 2))
-    return offset <= MAX_NOSE_OFFSET * eye_distance
-
-
-def soft_blur(roi: Image) -> Image:
-    """Blur over an ellipse that still covers the whole detection box, fading out in the margin's corners.
-
-    A hard blurred rectangle around a pasted face looks like a sticker; the fade hides its corners.
-    """
-    h, w = roi.shape[:2]
-    ys, xs = np.ogrid[0:h, 0:w]
-    radius = np.sqrt(((xs + 0.5) / (w / 2) - 1) ** 2 + ((ys + 0.5) / (h / 2) - 1) ** 2)
-    alpha = np.clip((BLUR_FADE[1] - radius) / (BLUR_FADE[1] - BLUR_FADE[0]), 0.0, 1.0)[..., None]
-    return as_image((alpha * blur_region(roi) + (1 - alpha) * roi).astype(np.uint8))
+    return offset <= MAX_NOSE_OFFSET * leeway * eye_distance
 
 
 def _grey(image: npt.NDArray[np.float32]) -> FloatArray:
     return np.asarray(cv2.cvtColor(image, cv2.COLOR_BGR2GRAY), np.float32)
 
 
-def decorrelate(painted: Image, original: Image, face_width: float) -> Image:
-    """`painted` with its fine detail scaled down wherever it follows `original`'s (see GUARD_*)."""
-    sigma = max(1.0, GUARD_SIGMA * face_width)
+def decorrelate(
+    painted: Image, original: Image, face_width: float, bands: tuple[float, ...] = GUARD_SIGMAS
+) -> Image:
+    """`painted` with each band of its detail scaled down wherever it follows `original`'s (see GUARD_*)."""
     window = max(2.0, GUARD_WINDOW * face_width)
+    sigmas = sorted({max(GUARD_MIN_SIGMA, fraction * face_width) for fraction in bands})
     out = painted.astype(np.float32)
-    low = cv2.GaussianBlur(out, (0, 0), sigma)
-    detail = out - low
     grey_original = _grey(original.astype(np.float32))
-    a = grey_original - cv2.GaussianBlur(grey_original, (0, 0), sigma)
-    b = _grey(detail)
-    slope = cv2.GaussianBlur(a * b, (0, 0), window) / (cv2.GaussianBlur(a * a, (0, 0), window) + GUARD_FLOOR)
-    keep = GUARD_MAX / np.maximum(np.abs(slope), GUARD_MAX)
-    return as_image(np.clip(low + keep[..., None] * detail + 0.5, 0, 255).astype(np.uint8))
+    finer_out, finer_original = out, grey_original
+    kept = np.zeros_like(out)
+    for sigma in sigmas:
+        coarser_out = np.asarray(cv2.GaussianBlur(out, (0, 0), sigma), np.float32)
+        coarser_original = np.asarray(cv2.GaussianBlur(grey_original, (0, 0), sigma), np.float32)
+        band = finer_out - coarser_out
+        a, b = finer_original - coarser_original, _grey(band)
+        slope = cv2.GaussianBlur(a * b, (0, 0), window) / (
+            cv2.GaussianBlur(a * a, (0, 0), window) + GUARD_FLOOR
+        )
+        kept += (GUARD_MAX / np.maximum(np.abs(slope), GUARD_MAX))[..., None] * band
+        finer_out, finer_original = coarser_out, coarser_original
+    return as_image(np.clip(finer_out + kept + 0.5, 0, 255).astype(np.uint8))
 
 
 @dataclass(frozen=True)
 class SourceFace:
-    lab: FloatArray  # (S, S, 3) float32 LAB
-    mean: FloatArray  # (3,) inside the inner ellipse
-    std: FloatArray  # (3,)
+    detail: FloatArray  # (S, S, 3) float32 LAB minus its shading (Gaussian at SHADING_SIGMA)
+    std: FloatArray  # (3,) of the detail inside the inner ellipse
     k: int  # real faces averaged into it
+    grain: FloatArray  # (S, S) LAB L noise, added after the colour match
 
 
 def _inner_stats(lab: FloatArray, weight: FloatArray) -> tuple[FloatArray, FloatArray]:
@@ -198,12 +225,20 @@ def load_sources(folder: Path, min_k: int) -> list[SourceFace]:
         group = faces[start : start + per_group]
         bgr = np.mean([f for f, _ in group], axis=0).astype(np.uint8)
         lab = _soften_rim(cv2.cvtColor(bgr, cv2.COLOR_BGR2LAB).astype(np.float32))
-        lab[..., 0] += _grain(start)
-        mean, std = _inner_stats(lab, weight)
-        sources.append(SourceFace(lab, mean, std, sum(k for _, k in group)))
+        detail = lab - np.asarray(cv2.GaussianBlur(lab, (0, 0), SHADING_SIGMA), np.float32)
+        _, std = _inner_stats(detail, weight)
+        sources.append(SourceFace(detail, std, sum(k for _, k in group), _grain(start)))
     if not sources or min(s.k for s in sources) < min_k:
         raise ValueError(f"{folder}: not enough source faces for k={min_k}")
     return sources
+
+
+class FacePainter(Protocol):
+    """Paints the replacement face itself (e.g. a learned swapper, swapper.py) instead of a k-Same source."""
+
+    def paint(self, image: Image, landmarks: FloatArray, identity: int) -> Image:
+        """The new face for the one at `landmarks`, BGR in the canonical frame; `identity` is per track."""
+        ...
 
 
 @dataclass
@@ -211,22 +246,29 @@ class _Track:
     source: int
     relative: FloatArray  # smoothed landmarks as fractions of the box: follows the box, not the jitter
     last_seen: int
+    replaced: bool = False  # wore its synthetic face on the last frame it was painted
 
 
 class FaceReplacer:
     """Replaces faces; keeps per-track identity and landmark smoothing between calls (one per stream)."""
 
     def __init__(
-        self, sources: list[SourceFace], min_size: int, smoothing: float, forget_after: int = 30
+        self,
+        sources: list[SourceFace],
+        min_size: int,
+        smoothing: float,
+        forget_after: int = 30,
+        painter: FacePainter | None = None,
     ) -> None:
         self.sources = sources
+        self.painter = painter
         self.min_size = min_size
         self.smoothing = smoothing
         self.forget_after = forget_after
         self._tracks: dict[int, _Track] = {}
         self._frame = 0
-        self._alpha = inner_face_mask()
-        self._inner = inner_face_mask(0.0)
+        self._alpha = face_oval_mask()
+        self._inner = inner_face_mask()
 
     def next_frame(self) -> None:
         self._frame += 1
@@ -276,6 +318,7 @@ class FaceReplacer:
         landmarks: FloatArray,
         source: int,
         original: Image | None = None,
+        track_id: int = NO_TRACK,
     ) -> bool:
         """Replace the face in `rect` (the grown box); False (nothing changed) when it cannot be done well.
 
@@ -283,26 +326,35 @@ class FaceReplacer:
         there now): an overlapping face painted first must not count as the original.
         """
         box_width = float(box[2] - box[0])
-        if box_width < self.min_size or not is_frontal(landmarks, box_width):
+        state = self._tracks.get(track_id) if track_id != NO_TRACK else None
+        leeway = TURN_LEEWAY if state is not None and state.replaced else 1.0
+        usable = box_width >= self.min_size and is_frontal(landmarks, box_width, leeway)
+        if state is not None:
+            state.replaced = usable
+        if not usable:
             return False
         x1, y1, x2, y2 = rect
         to_frame = similarity(CANONICAL_LANDMARKS, landmarks)
-        face = self._matched(image, to_frame, self.sources[source])
+        if self.painter is not None:
+            face = self.painter.paint(image, landmarks, source)
+        else:
+            face = self._matched(image, to_frame, self.sources[source])
         roi = image[y1:y2, x1:x2]
         if original is None:
             original = roi.copy()
-        roi[...] = soft_blur(roi)
+        roi[...] = rounded_blur(roi)
         to_roi = to_frame.copy()
         to_roi[:, 2] -= (x1, y1)
         size = (x2 - x1, y2 - y1)
         warped = cv2.warpAffine(face, to_roi, size, flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
         alpha = cv2.warpAffine(self._alpha, to_roi, size, flags=cv2.INTER_LINEAR, borderValue=0.0)[..., None]
         painted = as_image((alpha * warped + (1.0 - alpha) * roi).astype(np.uint8))
-        roi[...] = decorrelate(painted, original, box_width)
+        bands = GUARD_SIGMAS if self.painter is None else GUARD_SIGMAS_LEARNED
+        roi[...] = decorrelate(painted, original, box_width, bands)
         return True
 
     def _matched(self, image: Image, to_frame: npt.NDArray[np.float64], source: SourceFace) -> Image:
-        """The source in canonical pixels, recoloured to the target face's LAB mean and contrast."""
+        """The source's detail in canonical pixels over the target's own shading (see SHADING_SIGMA)."""
         size = (CANONICAL_SIZE, CANONICAL_SIZE)
         target = cv2.warpAffine(
             image,
@@ -312,8 +364,10 @@ class FaceReplacer:
             borderMode=cv2.BORDER_REPLICATE,
         )
         target_lab = cv2.cvtColor(target, cv2.COLOR_BGR2LAB).astype(np.float32)
-        mean, std = _inner_stats(target_lab, self._inner)
+        shading = cv2.GaussianBlur(target_lab, (0, 0), SHADING_SIGMA)
+        _, std = _inner_stats(target_lab - shading, self._inner)
         ratio = np.where(source.std > 1.0, std / np.maximum(source.std, 1.0), 0.0)
         ratio[0] = np.clip(ratio[0], *CONTRAST_RANGE)
-        lab = (source.lab - source.mean) * np.minimum(ratio, CONTRAST_RANGE[1]) + mean
+        lab = source.detail * np.minimum(ratio, CONTRAST_RANGE[1]) + shading
+        lab[..., 0] += source.grain
         return as_image(cv2.cvtColor(np.clip(lab, 0, 255).astype(np.uint8), cv2.COLOR_LAB2BGR))

@@ -155,7 +155,7 @@ class ReplacingAnonymizer(Anonymizer):
     ) -> None:
         box, track_id = detections.xyxy[row], int(detections.track_id[row])
         found = self.faces.landmarks(track_id, row, box, detections.keypoints[row])
-        if found is not None and self.faces.replace(image, box, rect, found[0], found[1], original):
+        if found is not None and self.faces.replace(image, box, rect, found[0], found[1], original, track_id):
             self.counters.faces_replaced += 1
             return
         x1, y1, x2, y2 = rect
