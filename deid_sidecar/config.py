@@ -219,6 +219,11 @@ class AnonymizeConfig(Strict):
     replace_sources: str | None = Field(
         None, description="Replace: folder of source faces (manifest.json + PNGs); default: the bundled set."
     )
+    replace_swapper: str | None = Field(
+        None,
+        description="Replace: path to a face-swap ONNX model you supply (inswapper contract: inputs "
+        "'target' 1x3xSxS and 'source' 1xD); faces get its anonymous output. Never downloaded.",
+    )
     plate_style: Literal["eu", "us", "generic"] = Field(
         "eu",
         description="Replace: look of the synthetic plates (all read ZZ#..., which no authority issues).",
@@ -663,6 +668,9 @@ def preflight(config: Config) -> None:
     faces = config.anonymize.replace_sources
     if faces and not Path(faces).is_dir():
         problems.append(f"anonymize.replace_sources: folder {faces} does not exist")
+    swapper = config.anonymize.replace_swapper
+    if swapper and not Path(swapper).is_file():
+        problems.append(f"anonymize.replace_swapper: file {swapper} does not exist")
     if problems:
         raise ConfigError("; ".join(problems))
 

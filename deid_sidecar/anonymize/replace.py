@@ -1,6 +1,7 @@
 """`method: replace`: what the replacing anonymizer (masks.py) is built from.
 
-Faces get a k-anonymous averaged face aligned on their landmarks (see faces.py); plates get a plate
+Faces get a k-anonymous averaged face aligned on their landmarks (see faces.py), or the output of a
+learned swapper the user supplies (see swapper.py); plates get a plate
 that cannot exist, warped onto the plate's quadrilateral (see plates.py). This module holds their
 bundled data and builds both replacers from the configuration; `ReplacingAnonymizer` in masks.py
 applies them per frame and hides what they cannot replace.
@@ -15,6 +16,7 @@ from pathlib import Path
 from deid_sidecar.anonymize.faces import FaceReplacer, SourceFace, load_sources
 from deid_sidecar.anonymize.font import TrueTypeFont
 from deid_sidecar.anonymize.plates import PlateReplacer
+from deid_sidecar.anonymize.swapper import LearnedSwapper
 from deid_sidecar.config import AnonymizeConfig
 
 #: Bundled data: source faces and the plate font (the repository's data/ folder).
@@ -45,12 +47,18 @@ def _font(path: Path) -> TrueTypeFont:
     return TrueTypeFont.load(path)
 
 
+@lru_cache(maxsize=2)
+def _swapper(path: Path, identities: int) -> LearnedSwapper:
+    # One session per model file for the whole process: every camera's replacer shares it.
+    return LearnedSwapper.load(path, ["cuda", "cpu"], identities)
+
+
 def face_replacer(config: AnonymizeConfig) -> FaceReplacer:
-    """A new face replacer (it keeps per-stream state) over the cached source faces."""
+    """A new face replacer (it keeps per-stream state) over the cached source faces (or swapper)."""
     folder = Path(config.replace_sources) if config.replace_sources else SOURCE_FACES_DIR
-    return FaceReplacer(
-        list(_sources(folder, config.replace_k)), config.replace_min_size, config.replace_smoothing
-    )
+    sources = list(_sources(folder, config.replace_k))
+    painter = _swapper(Path(config.replace_swapper), len(sources)) if config.replace_swapper else None
+    return FaceReplacer(sources, config.replace_min_size, config.replace_smoothing, painter=painter)
 
 
 def plate_replacer(config: AnonymizeConfig) -> PlateReplacer:
