@@ -17,7 +17,7 @@ import numpy as np
 import numpy.typing as npt
 
 from deid_sidecar.anonymize.font import TrueTypeFont
-from deid_sidecar.anonymize.regions import blur_region
+from deid_sidecar.anonymize.regions import rounded_blur
 from deid_sidecar.core.detections import NO_TRACK
 from deid_sidecar.core.image import Image, as_image
 
@@ -34,10 +34,19 @@ MAX_FILL = 0.9
 #: Blob area / its rotated bounding rectangle: plates are rectangles, ragged blobs are not plates.
 MIN_RECTANGULARITY = 0.75
 ASPECT_RANGE = (1.3, 7.0)
+#: The 4-point outline is used over the blob's bounding rectangle only while no corner is further
+#: from the rectangle's than this share of the rectangle's short side.
+MAX_CORNER_SHIFT = 0.35
 #: Rendered templates kept (one per track and style): enough for a busy street, bounded memory.
 CACHE_SIZE = 256
 #: Template height in pixels: above any plate size seen in 1080p frames, so warping only shrinks it.
 TEMPLATE_HEIGHT = 120
+#: A plate whose outline is more than this factor wider or narrower than the style's own shape gets a
+#: template laid out at its own aspect (rounded to ASPECT_STEP), so the characters are never stretched.
+ASPECT_TOLERANCE = 1.25
+ASPECT_STEP = 0.25
+#: Blur levels (Gaussian sigma, px) tried on the warped template to match the plate's own sharpness.
+BLUR_LEVELS = (0.0, 0.6, 1.0, 1.5, 2.2, 3.0)
 
 
 @dataclass(frozen=True)
@@ -64,11 +73,11 @@ def plate_text(track_id: int, row: int, style: PlateStyle) -> str:
     return f"{PREFIX}{number:0{STYLES[style].digits}d}"
 
 
-def render_plate(font: TrueTypeFont, text: str, style: PlateStyle) -> Image:
-    """The plate as a BGR image, TEMPLATE_HEIGHT tall."""
+def render_plate(font: TrueTypeFont, text: str, style: PlateStyle, aspect: float | None = None) -> Image:
+    """The plate as a BGR image, TEMPLATE_HEIGHT tall, at the style's aspect or the one given."""
     spec = STYLES[style]
     height = TEMPLATE_HEIGHT
-    width = round(height * spec.aspect)
+    width = round(height * (aspect or spec.aspect))
     plate = np.full((height, width, 3), spec.background, np.uint8)
     left = 0
     if spec.band:
@@ -138,10 +147,15 @@ def _plate_shape(mask: npt.NDArray[np.uint8], roi_area: int) -> FloatArray | Non
     aspect = max(rw, rh) / max(min(rw, rh), 1.0)
     if not ASPECT_RANGE[0] <= aspect <= ASPECT_RANGE[1] or area < MIN_RECTANGULARITY * rw * rh:
         return None
+    box = order_corners(cv2.boxPoints(rect).astype(np.float32))
     approx = cv2.approxPolyDP(blob, 0.04 * cv2.arcLength(blob, True), True)
     if len(approx) == 4 and cv2.isContourConvex(approx):
-        return order_corners(approx.reshape(4, 2).astype(np.float32))
-    return order_corners(cv2.boxPoints(rect).astype(np.float32))
+        quad = order_corners(approx.reshape(4, 2).astype(np.float32))
+        # A perspective view moves corners a little off the rectangle; a corner far off is a blob
+        # that ran into the surroundings (a bright recess, a bumper edge): the template would shear.
+        if float(np.linalg.norm(quad - box, axis=1).max()) <= MAX_CORNER_SHIFT * min(rw, rh):
+            return quad
+    return box
 
 
 class PlateReplacer:
@@ -156,12 +170,13 @@ class PlateReplacer:
     def next_frame(self) -> None:
         self._frame += 1
 
-    def template(self, text: str) -> Image:
-        if text not in self._cache:
+    def template(self, text: str, aspect: float | None = None) -> Image:
+        key = f"{text}@{aspect}"
+        if key not in self._cache:
             if len(self._cache) >= CACHE_SIZE:
                 self._cache.pop(next(iter(self._cache)))  # oldest first (dicts keep insertion order)
-            self._cache[text] = render_plate(self.font, text, self.style)
-        return self._cache[text]
+            self._cache[key] = render_plate(self.font, text, self.style, aspect)
+        return self._cache[key]
 
     def replace(self, roi: Image, corners: FloatArray | None, track_id: int, row: int) -> bool:
         """Hide the plate in `roi`; True when a synthetic plate was painted, False when only filled."""
@@ -170,16 +185,19 @@ class PlateReplacer:
         if quad is None:
             roi[...] = _border_colour(original)
             return False
-        roi[...] = blur_region(original)
-        template = _shrink(self.template(plate_text(track_id, row, self.style)), quad)
+        roi[...] = rounded_blur(original)
+        quad = order_corners(quad)
+        text = plate_text(track_id, row, self.style)
+        template = _shrink(self.template(text, template_aspect(quad, STYLES[self.style].aspect)), quad)
         th, tw = template.shape[:2]
         source = np.array([[0, 0], [tw, 0], [tw, th], [0, th]], np.float32)
-        matrix = cv2.getPerspectiveTransform(source, order_corners(quad))
+        matrix = cv2.getPerspectiveTransform(source, quad)
         size = (roi.shape[1], roi.shape[0])
         styled = _match_scene(template, original, quad)
         warped = cv2.warpPerspective(styled, matrix, size, flags=cv2.INTER_LINEAR)
         cover = cv2.warpPerspective(np.full((th, tw), 255, np.uint8), matrix, size, flags=cv2.INTER_LINEAR)
         alpha = (cover.astype(np.float32) / 255.0)[..., None]
+        warped = _match_sharpness(as_image(warped), original, cover > 128)
         rng = np.random.default_rng(self._frame)
         noise = rng.normal(0.0, _noise_level(original), roi.shape).astype(np.float32)
         painted = alpha * (warped.astype(np.float32) + noise) + (1 - alpha) * roi
@@ -207,6 +225,38 @@ def _match_scene(template: Image, original: Image, quad: FloatArray) -> Image:
     scale = np.maximum(bright - dark, 30.0) / 255.0
     styled = template.astype(np.float32) * scale + np.minimum(dark, bright - 30.0).clip(0)
     return as_image(np.clip(styled, 0, 255).astype(np.uint8))
+
+
+def template_aspect(quad: FloatArray, style_aspect: float) -> float | None:
+    """None (the style's own shape) unless the outline's aspect is far from it; then the outline's."""
+    width = float(np.linalg.norm(quad[1] - quad[0]) + np.linalg.norm(quad[2] - quad[3])) / 2
+    height = max(float(np.linalg.norm(quad[3] - quad[0]) + np.linalg.norm(quad[2] - quad[1])) / 2, 1.0)
+    aspect = width / height
+    if 1 / ASPECT_TOLERANCE <= aspect / style_aspect <= ASPECT_TOLERANCE:
+        return None
+    return max(1.0, round(aspect / ASPECT_STEP) * ASPECT_STEP)
+
+
+def _sharpness(grey: npt.NDArray[np.float32], inside: npt.NDArray[np.bool_]) -> float:
+    """Edge strength relative to contrast: the Laplacian's std over the grey-level spread."""
+    laplacian = cv2.Laplacian(grey, cv2.CV_32F)[inside]
+    return float(laplacian.std() / max(float(grey[inside].std()), 4.0))
+
+
+def _match_sharpness(warped: Image, original: Image, inside: npt.NDArray[np.bool_]) -> Image:
+    """The warped template blurred as much as the plate itself is: a crisp plate on a soft car is fake."""
+    # Away from the outline: the template's own border against the blurred box is no plate detail.
+    inside = cv2.erode(inside.astype(np.uint8), np.ones((5, 5), np.uint8)) > 0
+    if np.count_nonzero(inside) < 16:
+        return warped
+    target = _sharpness(cv2.cvtColor(original, cv2.COLOR_BGR2GRAY).astype(np.float32), inside)
+    best, best_gap = warped, float("inf")
+    for sigma in BLUR_LEVELS:
+        candidate = warped if sigma == 0 else as_image(cv2.GaussianBlur(warped, (0, 0), sigma))
+        gap = abs(_sharpness(cv2.cvtColor(candidate, cv2.COLOR_BGR2GRAY).astype(np.float32), inside) - target)
+        if gap < best_gap:
+            best, best_gap = candidate, gap
+    return best
 
 
 def _shrink(template: Image, quad: FloatArray) -> Image:
