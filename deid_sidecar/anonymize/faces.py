@@ -49,6 +49,10 @@ FACE_CENTER = (64.0, 74.0)
 FACE_AXES = (43.0, 53.0)
 #: Feathered band outside the face oval, as a fraction of its radius.
 FEATHER = 0.2
+#: The head's blur covers the whole grown box, as the blur method does (a detector's box can sit lower
+#: or higher on the head than the face itself, and a fade inside the box left forehead or chin clear),
+#: and fades out over this share of its size around it.
+HEAD_HALO = 0.12
 #: Lighting: the synthetic face keeps only its detail finer than this Gaussian (canonical pixels, a
 #: sixth of the face) and takes its shading and colour below it from the target, so it is lit like the
 #: scene and meets the blurred head around it without a seam. That shading is a Gaussian of a sixth of
@@ -342,7 +346,7 @@ class FaceReplacer:
         roi = image[y1:y2, x1:x2]
         if original is None:
             original = roi.copy()
-        roi[...] = rounded_blur(roi)
+        rounded_blur(image, rect, HEAD_HALO)
         to_roi = to_frame.copy()
         to_roi[:, 2] -= (x1, y1)
         size = (x2 - x1, y2 - y1)

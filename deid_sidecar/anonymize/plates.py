@@ -185,7 +185,7 @@ class PlateReplacer:
         if quad is None:
             roi[...] = _border_colour(original)
             return False
-        roi[...] = rounded_blur(original)
+        rounded_blur(roi, (0, 0, roi.shape[1], roi.shape[0]))
         quad = order_corners(quad)
         text = plate_text(track_id, row, self.style)
         template = _shrink(self.template(text, template_aspect(quad, STYLES[self.style].aspect)), quad)

@@ -8,6 +8,8 @@ a handful of samples across.
 
 from __future__ import annotations
 
+import math
+
 import cv2
 import numpy as np
 
@@ -17,9 +19,10 @@ from deid_sidecar.core.image import Image, as_image
 #: mouth fall into one or two cells), and a plate's characters (about 1/8 of its width) vanish too.
 BLUR_SAMPLES = 6
 
-#: `rounded_blur`'s shape: a superellipse of this exponent, radius 1 on the grown box's edge midpoints,
-#: blurred fully up to the first radius and not at all from the second. The object box's corners lie
-#: at 2 ** (1 / ROUNDED_EXPONENT) / (1 + 2 * margin), 0.79 at the default margin 0.25.
+#: `rounded_blur`'s shape: a superellipse of this exponent, radius 1 on the edge midpoints of the rect
+#: grown by its halo, blurred fully up to the first radius and not at all from the second. Without a
+#: halo the object box's corners lie at 2 ** (1 / ROUNDED_EXPONENT) / (1 + 2 * margin), 0.79 at the
+#: default margin 0.25; a halo of 0.12 or more puts the rect's own edges (1 / (1 + 2 * halo)) inside.
 ROUNDED_EXPONENT = 4.0
 ROUNDED_FADE = (0.82, 0.98)
 
@@ -44,18 +47,28 @@ def blur_region(roi: Image) -> Image:
     return as_image(cv2.resize(small, (w, h), interpolation=cv2.INTER_LINEAR))
 
 
-def rounded_blur(roi: Image) -> Image:
-    """`blur_region` over a rounded square that covers the object's box, fading out inside the margin.
+def rounded_blur(image: Image, rect: tuple[int, int, int, int], halo: float = 0.0) -> None:
+    """`blur_region` in place over a rounded square around `rect`, fading out towards its edges.
 
     For what is painted over afterwards (a synthetic face or plate): a hard blurred rectangle around
-    it looks like a sticker, so the grown box's edges and corners are left as they were.
+    it looks like a sticker. Without a halo the fade lies inside `rect` (its corners and edges stay as
+    they were); with a halo (a share of the rect's size on every side, clipped to the image) the fade
+    lies outside it and `rect` is blurred whole, as the blur method does.
     """
-    h, w = roi.shape[:2]
-    ys, xs = np.ogrid[0:h, 0:w]
+    x1, y1, x2, y2 = rect
+    cx, cy = (x1 + x2) / 2, (y1 + y2) / 2
+    half_w, half_h = (x2 - x1) / 2 * (1 + 2 * halo), (y2 - y1) / 2 * (1 + 2 * halo)
+    height, width = image.shape[:2]
+    ox1, oy1 = max(0, math.floor(cx - half_w)), max(0, math.floor(cy - half_h))
+    ox2, oy2 = min(width, math.ceil(cx + half_w)), min(height, math.ceil(cy + half_h))
+    if ox2 <= ox1 or oy2 <= oy1:
+        return
+    roi = image[oy1:oy2, ox1:ox2]
+    ys, xs = np.ogrid[oy1:oy2, ox1:ox2]
     p = ROUNDED_EXPONENT
-    radius = (np.abs((xs + 0.5) / (w / 2) - 1) ** p + np.abs((ys + 0.5) / (h / 2) - 1) ** p) ** (1 / p)
+    radius = (np.abs((xs + 0.5 - cx) / half_w) ** p + np.abs((ys + 0.5 - cy) / half_h) ** p) ** (1 / p)
     alpha = np.clip((ROUNDED_FADE[1] - radius) / (ROUNDED_FADE[1] - ROUNDED_FADE[0]), 0.0, 1.0)[..., None]
-    return as_image((alpha * blur_region(roi) + (1 - alpha) * roi).astype(np.uint8))
+    roi[...] = (alpha * blur_region(roi) + (1 - alpha) * roi).astype(np.uint8)
 
 
 def pixelate_region(roi: Image, blocks: int) -> Image:
