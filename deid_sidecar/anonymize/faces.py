@@ -48,7 +48,7 @@ INNER_AXES = (37.0, 46.0)
 FACE_CENTER = (64.0, 74.0)
 FACE_AXES = (43.0, 53.0)
 #: Feathered band outside the face oval, as a fraction of its radius.
-FEATHER = 0.2
+FEATHER = 0.35
 #: The head's blur covers the whole grown box, as the blur method does (a detector's box can sit lower
 #: or higher on the head than the face itself, and a fade inside the box left forehead or chin clear),
 #: and fades out over this share of its size around it.
@@ -88,12 +88,13 @@ GUARD_SIGMAS = (1 / 30, 1 / 15)
 GUARD_SIGMAS_LEARNED = (1 / 30, 1 / 15, 1 / 7)
 GUARD_MIN_SIGMA = 1.0
 GUARD_WINDOW = 0.07
-GUARD_MAX = 0.15
-#: Skin grain: fixed noise (LAB L std, correlation length in canonical pixels) added to each source
-#: after its colour match, so a contrasty scene does not turn it into speckle. An average of k faces is
-#: smoother than any real skin; the grain is the same for every frame of a source, so it moves with
-#: the face instead of flickering.
-GRAIN_STD = 4.0
+GUARD_MAX = 0.1
+#: Skin grain: fixed noise (grey-level std, correlation length in canonical pixels) added over the face
+#: oval last: after the colour match, so a contrasty scene does not turn it into speckle, and after the
+#: guard, which would otherwise tone it down wherever it happens to line up with the original's detail
+#: (seeded per source, it carries nothing of the original). An average of k faces is smoother than any
+#: real skin; the grain is the same for every frame of a source, so it moves with the face.
+GRAIN_STD = 3.5
 GRAIN_SIGMA = 0.8
 #: Grey-level variance added to the original's local detail energy: flat areas have nothing to follow.
 GUARD_FLOOR = 0.25
@@ -185,7 +186,7 @@ class SourceFace:
     detail: FloatArray  # (S, S, 3) float32 LAB minus its shading (Gaussian at SHADING_SIGMA)
     std: FloatArray  # (3,) of the detail inside the inner ellipse
     k: int  # real faces averaged into it
-    grain: FloatArray  # (S, S) LAB L noise, added after the colour match
+    grain: FloatArray  # (S, S) grey-level noise, added after the guard (it cannot follow the original)
 
 
 def _inner_stats(lab: FloatArray, weight: FloatArray) -> tuple[FloatArray, FloatArray]:
@@ -353,8 +354,12 @@ class FaceReplacer:
         warped = cv2.warpAffine(face, to_roi, size, flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
         alpha = cv2.warpAffine(self._alpha, to_roi, size, flags=cv2.INTER_LINEAR, borderValue=0.0)[..., None]
         painted = as_image((alpha * warped + (1.0 - alpha) * roi).astype(np.uint8))
-        bands = GUARD_SIGMAS if self.painter is None else GUARD_SIGMAS_LEARNED
-        roi[...] = decorrelate(painted, original, box_width, bands)
+        if self.painter is not None:
+            roi[...] = decorrelate(painted, original, box_width, GUARD_SIGMAS_LEARNED)
+            return True
+        guarded = decorrelate(painted, original, box_width).astype(np.float32)
+        grain = cv2.warpAffine(self.sources[source].grain, to_roi, size, flags=cv2.INTER_LINEAR)[..., None]
+        roi[...] = np.clip(guarded + alpha * grain + 0.5, 0, 255).astype(np.uint8)
         return True
 
     def _matched(self, image: Image, to_frame: npt.NDArray[np.float64], source: SourceFace) -> Image:
@@ -373,5 +378,4 @@ class FaceReplacer:
         ratio = np.where(source.std > 1.0, std / np.maximum(source.std, 1.0), 0.0)
         ratio[0] = np.clip(ratio[0], *CONTRAST_RANGE)
         lab = source.detail * np.minimum(ratio, CONTRAST_RANGE[1]) + shading
-        lab[..., 0] += source.grain
         return as_image(cv2.cvtColor(np.clip(lab, 0, 255).astype(np.uint8), cv2.COLOR_LAB2BGR))
