@@ -59,6 +59,7 @@ def write_gallery(out: Path, faces: MultiDetector, plates: MultiDetector) -> Non
         side_by_side(crop, replaced(crop, faces.detect(crop)), False),
         PNG,
     )
+    cv2.imwrite(str(out / "replace_face_poses.png"), poses(astronaut, faces), PNG)
     group = cv2.imread(str(media / "t1.jpg"))
     cv2.imwrite(
         str(out / "replace_faces_group.png"),
@@ -75,8 +76,47 @@ def write_gallery(out: Path, faces: MultiDetector, plates: MultiDetector) -> Non
         if before is not None:
             cv2.imwrite(str(out / "replace_plate_before_blurred.png"), before, PNG)
         cv2.imwrite(str(out / f"replace_plate_{style}.png"), after, PNG)
+    cv2.imwrite(str(out / "replace_plate_angled.png"), angled_plate(car, plates), PNG)
     for path in sorted(out.glob("replace_*.png")):
         print(f"{path.relative_to(ROOT)}: {path.stat().st_size // 1024} KB")
+
+
+def poses(astronaut: np.ndarray, faces: MultiDetector) -> np.ndarray:
+    """The astronaut's head tilted (-20, 0, +20 degrees) and at 60 and 150 px: before above, after below."""
+    head = astronaut[:300, 80:400]
+    tiles = []
+    for angle, face_px in ((-20, 100), (0, 60), (0, 150), (20, 100)):
+        scale = face_px / 95.0  # the face box in the full portrait is about 95 px wide
+        turn = cv2.getRotationMatrix2D((160, 150), angle, scale)
+        tile = cv2.warpAffine(head, turn, (320, 300), borderMode=cv2.BORDER_REFLECT)
+        tiles.append(
+            np.vstack([tile, np.full((6, 320, 3), 255, np.uint8), replaced(tile, faces.detect(tile))])
+        )
+    strip = np.hstack([np.hstack([t, np.full((t.shape[0], 6, 3), 255, np.uint8)]) for t in tiles])[:, :-6]
+    scale = min(1.0, MAX_WIDTH / strip.shape[1])
+    return cv2.resize(strip, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA)
+
+
+def angled_plate(car: np.ndarray, plates: MultiDetector) -> np.ndarray:
+    """The car seen from one side (a perspective warp): the synthetic plate follows the plate's outline.
+
+    The "before" shows the real plate blurred, so the committed gallery never carries its number.
+    """
+    h, w = car.shape[:2]
+    src = np.array([[0, 0], [w, 0], [w, h], [0, h]], np.float32)
+    dst = np.array([[0, 0.12 * h], [w, 0], [w, h], [0, 0.88 * h]], np.float32)
+    turn = cv2.getPerspectiveTransform(src, dst)
+    view = cv2.warpPerspective(car, turn, (w, h), borderMode=cv2.BORDER_REPLICATE)
+    found = plates.detect(view)
+    if not len(found):
+        raise RuntimeError("the plate detector found no plate on the angled view")
+    x1, y1, x2, y2 = found.xyxy[0].astype(int)
+    before = view.copy()
+    before[y1:y2, x1:x2] = blur_region(before[y1:y2, x1:x2].copy())
+    after = replaced(view, found)
+    window = (slice(max(0, y1 - 60), y2 + 60), slice(max(0, x1 - 90), x2 + 90))
+    pair = np.hstack([before[window], np.full((y2 - y1 + 120, 8, 3), 255, np.uint8), after[window]])
+    return cv2.resize(pair, None, fx=2.0, fy=2.0, interpolation=cv2.INTER_CUBIC)
 
 
 def median_ms(anonymizer: Anonymizer, frame: np.ndarray, found: Detections, calls: int) -> float:

@@ -141,7 +141,7 @@ def markdown(report: dict[str, Any]) -> str:
     cost = report["cost_ms"]
     lines += [
         "",
-        f"Cost per face, 720p frame with {cost['faces']:.0f} faces: replace {cost['replace']:.2f} ms, "
+        f"Cost per face, 720p clip frame ({cost['faces']:.0f} face(s) of 60 px or more): replace {cost['replace']:.2f} ms, "
         f"blur {cost['blur']:.2f} ms (median).",
     ]
     return "\n".join(lines) + "\n"
