@@ -1,14 +1,14 @@
 """Face replacement: paint a k-anonymous synthetic face over each face, aligned on its 5 landmarks.
 
 Source faces (deid_sidecar/data/source_faces/, built by scripts/build_source_faces.py) are averages of k real
-faces in a canonical 128x128 frame. Per face: the head is blurred first over a rounded shape that
-covers the whole detection box and fades out before the grown box's edges (hair, ears and anything the
-synthetic face does not cover must not stay clear, and no blurred rectangle frames the face). Then the
-source, colour-matched to the target in LAB and given a fixed skin grain, is warped onto the landmarks
-with alpha = 1 over the whole face oval (forehead, cheeks, jaw) and a feathered edge around it. No
-original pixel of the face survives. Last, wherever the synthetic face's detail happens to follow the
-original's (both are aligned on the same landmarks), it is toned down band by band (`decorrelate`), so
-the output carries none of the original's edges.
+faces in a canonical 128x128 frame. Per face: the whole grown box is blurred first, as the blur method
+does, fading out in a halo around it (hair, ears and anything the synthetic face does not cover must not
+stay clear, and no hard blurred rectangle frames the face). Then the source's detail, over the target's
+own shading (the target blurred harder than the blur method blurs), is warped onto the landmarks with
+alpha = 1 over the whole face oval (forehead, cheeks, jaw) and a wide feathered edge. No original pixel
+of the face survives. Wherever the synthetic face's detail happens to follow the original's (both are
+aligned on the same landmarks), it is toned down band by band (`decorrelate`), so the output carries
+none of the original's edges; last, a fixed skin grain per source is added over the oval.
 """
 
 from __future__ import annotations
@@ -55,9 +55,9 @@ FEATHER = 0.35
 HEAD_HALO = 0.12
 #: Lighting: the synthetic face keeps only its detail finer than this Gaussian (canonical pixels, a
 #: sixth of the face) and takes its shading and colour below it from the target, so it is lit like the
-#: scene and meets the blurred head around it without a seam. That shading is a Gaussian of a sixth of
-#: the face, stronger than the blur method (the grown box in 6 samples, about an eighth of the face
-#: as a Gaussian), so it reveals no more than blurring would.
+#: scene and meets the blurred head around it without a seam. That Gaussian is stronger than the blur
+#: method (the grown box in 6 samples, about an eighth of the face as a Gaussian), so the shading
+#: reveals no more than blurring would.
 SHADING_SIGMA = 14.0
 #: Target contrast may differ from the source's by at most this factor: a very flat (dark, blurred)
 #: target would otherwise give a flat face, a very busy one a harsh one.
