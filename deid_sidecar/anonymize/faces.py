@@ -30,15 +30,13 @@ from deid_sidecar.core.image import Image, as_image
 FloatArray = npt.NDArray[np.float32]
 
 CANONICAL_SIZE = 128
-#: ArcFace's 112 px five-point template moved into the 128 px canvas: left eye, right eye, nose,
-#: left and right mouth corner. A common template keeps the sources interchangeable.
-CANONICAL_LANDMARKS = (
-    np.array(
-        [[38.2946, 51.6963], [73.5318, 51.5014], [56.0252, 71.7366], [41.5493, 92.3655], [70.7299, 92.2041]],
-        np.float32,
-    )
-    + 8.0
+#: ArcFace's 112 px five-point template: left eye, right eye, nose, left and right mouth corner.
+ARCFACE_112 = np.array(
+    [[38.2946, 51.6963], [73.5318, 51.5014], [56.0252, 71.7366], [41.5493, 92.3655], [70.7299, 92.2041]],
+    np.float32,
 )
+#: The same template moved into the 128 px canvas. A common template keeps the sources interchangeable.
+CANONICAL_LANDMARKS = ARCFACE_112 + 8.0
 #: The inner face (brows to below the mouth) as an ellipse in canonical pixels: colour statistics and
 #: the sharp part of the source's detail live here.
 INNER_CENTER = (64.0, 76.0)
@@ -189,11 +187,12 @@ class SourceFace:
     grain: FloatArray  # (S, S) grey-level noise, added after the guard (it cannot follow the original)
 
 
-def _inner_stats(lab: FloatArray, weight: FloatArray) -> tuple[FloatArray, FloatArray]:
+def _inner_std(lab: FloatArray, weight: FloatArray) -> FloatArray:
+    """(3,) weighted std per channel (the weight: the inner face ellipse)."""
     total = float(weight.sum())
     mean = (lab * weight[..., None]).sum((0, 1)) / total
     var = (((lab - mean) ** 2) * weight[..., None]).sum((0, 1)) / total
-    return mean.astype(np.float32), np.sqrt(var).astype(np.float32)
+    return np.asarray(np.sqrt(var), np.float32)
 
 
 def _soften_rim(lab: FloatArray) -> FloatArray:
@@ -231,7 +230,7 @@ def load_sources(folder: Path, min_k: int) -> list[SourceFace]:
         bgr = np.mean([f for f, _ in group], axis=0).astype(np.uint8)
         lab = _soften_rim(cv2.cvtColor(bgr, cv2.COLOR_BGR2LAB).astype(np.float32))
         detail = lab - np.asarray(cv2.GaussianBlur(lab, (0, 0), SHADING_SIGMA), np.float32)
-        _, std = _inner_stats(detail, weight)
+        std = _inner_std(detail, weight)
         sources.append(SourceFace(detail, std, sum(k for _, k in group), _grain(start)))
     if not sources or min(s.k for s in sources) < min_k:
         raise ValueError(f"{folder}: not enough source faces for k={min_k}")
@@ -374,7 +373,7 @@ class FaceReplacer:
         )
         target_lab = cv2.cvtColor(target, cv2.COLOR_BGR2LAB).astype(np.float32)
         shading = cv2.GaussianBlur(target_lab, (0, 0), SHADING_SIGMA)
-        _, std = _inner_stats(target_lab - shading, self._inner)
+        std = _inner_std(target_lab - shading, self._inner)
         ratio = np.where(source.std > 1.0, std / np.maximum(source.std, 1.0), 0.0)
         ratio[0] = np.clip(ratio[0], *CONTRAST_RANGE)
         lab = source.detail * np.minimum(ratio, CONTRAST_RANGE[1]) + shading

@@ -18,29 +18,19 @@ import cv2
 import numpy as np
 import numpy.typing as npt
 
-from deid_sidecar.anonymize.faces import CANONICAL_LANDMARKS, CANONICAL_SIZE, similarity
+from deid_sidecar.anonymize.faces import ARCFACE_112, CANONICAL_LANDMARKS, CANONICAL_SIZE, similarity
 from deid_sidecar.core.image import Image, as_image
 from deid_sidecar.detect.runtime import create_session
 from deid_sidecar.errors import ConfigError
 
 FloatArray = npt.NDArray[np.float32]
 
-#: ArcFace's 112 px five-point template (left eye, right eye, nose, mouth corners).
-ARCFACE_112 = np.array(
-    [[38.2946, 51.6963], [73.5318, 51.5014], [56.0252, 71.7366], [41.5493, 92.3655], [70.7299, 92.2041]],
-    np.float32,
-)
-
-
-def _dims(value: Any) -> list[Any]:
-    return list(value.shape)
-
 
 class LearnedSwapper:
     """Runs a user's swapper model; `paint` gives the swapped face in the replacer's canonical frame."""
 
     def __init__(self, session: Any, identities: int, seed: int = 0) -> None:
-        inputs = {i.name: _dims(i) for i in session.get_inputs()}
+        inputs = {i.name: list(i.shape) for i in session.get_inputs()}
         outputs = session.get_outputs()
         target, source = inputs.get("target"), inputs.get("source")
         if target is None or source is None or len(outputs) != 1:
