@@ -164,14 +164,14 @@ class PlateReplacer:
     def __init__(self, font: TrueTypeFont, style: PlateStyle) -> None:
         self.font = font
         self.style = style
-        self._cache: dict[str, Image] = {}
+        self._cache: dict[tuple[str, float | None], Image] = {}
         self._frame = 0
 
     def next_frame(self) -> None:
         self._frame += 1
 
     def template(self, text: str, aspect: float | None = None) -> Image:
-        key = f"{text}@{aspect}"
+        key = (text, aspect)
         if key not in self._cache:
             if len(self._cache) >= CACHE_SIZE:
                 self._cache.pop(next(iter(self._cache)))  # oldest first (dicts keep insertion order)
@@ -250,13 +250,15 @@ def _match_sharpness(warped: Image, original: Image, inside: npt.NDArray[np.bool
     if np.count_nonzero(inside) < 16:
         return warped
     target = _sharpness(cv2.cvtColor(original, cv2.COLOR_BGR2GRAY).astype(np.float32), inside)
-    best, best_gap = warped, float("inf")
-    for sigma in BLUR_LEVELS:
-        candidate = warped if sigma == 0 else as_image(cv2.GaussianBlur(warped, (0, 0), sigma))
-        gap = abs(_sharpness(cv2.cvtColor(candidate, cv2.COLOR_BGR2GRAY).astype(np.float32), inside) - target)
-        if gap < best_gap:
-            best, best_gap = candidate, gap
-    return best
+    # Tried on the grey template (blur and grey conversion commute); only the chosen level is applied.
+    grey = cv2.cvtColor(warped, cv2.COLOR_BGR2GRAY).astype(np.float32)
+
+    def gap(sigma: float) -> float:
+        blurred = grey if sigma == 0 else np.asarray(cv2.GaussianBlur(grey, (0, 0), sigma), np.float32)
+        return abs(_sharpness(blurred, inside) - target)
+
+    sigma = min(BLUR_LEVELS, key=gap)
+    return warped if sigma == 0 else as_image(cv2.GaussianBlur(warped, (0, 0), sigma))
 
 
 def _shrink(template: Image, quad: FloatArray) -> Image:
