@@ -106,7 +106,14 @@ def process_rss_mb(pid: int) -> tuple[float, float]:
     return round(values["VmRSS"], 1), round(values["VmHWM"], 1)
 
 
-def write_config(work: Path, clips: list[Path], port: int) -> Path:
+def write_config(work: Path, clips: list[Path], port: int, settings: list[str]) -> Path:
+    """The cameras' config; `settings` ("privacy.full_detect_s=2") override the defaults."""
+    sections: dict[str, list[str]] = {}
+    for setting in settings:
+        key, value = setting.split("=", 1)
+        section, option = key.split(".", 1)
+        sections.setdefault(section, []).append(f"  {option}: {value}\n")
+    overrides = "".join(f"{section}:\n{''.join(lines)}" for section, lines in sections.items())
     cameras = "\n".join(
         f"  cam{k}:\n    source: file:{clip}\n    loop: true\n    output:\n      fps: 15\n"
         for k, clip in enumerate(clips)
@@ -116,6 +123,7 @@ def write_config(work: Path, clips: list[Path], port: int) -> Path:
         f"models_dir: {ROOT / 'models'}\n"
         f"server:\n  host: 127.0.0.1\n  port: {port}\n"
         "go2rtc:\n  register_streams: false\n"
+        f"{overrides}"
         f"cameras:\n{cameras}"
     )
     return path
@@ -135,11 +143,11 @@ def wait_ready(port: int, cameras: int, deadline_s: float) -> None:
 
 
 def run_count(
-    n: int, clips: list[tuple[Path, Path]], seconds: float, work: Path, port: int
+    n: int, clips: list[tuple[Path, Path]], seconds: float, work: Path, port: int, settings: list[str]
 ) -> dict[str, Any]:
     work.mkdir(parents=True, exist_ok=True)
     chosen = [clips[k % len(clips)] for k in range(n)]
-    config = write_config(work, [c for c, _ in chosen], port)
+    config = write_config(work, [c for c, _ in chosen], port, settings)
     log = (work / "run.log").open("w")
     proc = subprocess.Popen([str(CLI), "run", "--config", str(config)], cwd=ROOT, stdout=log, stderr=log)
     try:
@@ -317,12 +325,19 @@ def main() -> int:
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "out" / "capacity")
     parser.add_argument("--clips", type=Path, default=ROOT / "bench" / "out" / "clips")
     parser.add_argument("--media", type=Path, default=ROOT / "data" / "media")
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="SECTION.OPTION=VALUE",
+        help="a config option for every camera count, e.g. privacy.full_detect_s=2 (repeatable)",
+    )
     args = parser.parse_args()
     clips = [stamped(*leakgen.generate(leakgen.ClipSpec(m, 0, 120), args.media, args.clips)) for m in MOTIONS]
     rows = []
     for n in (int(c) for c in args.cameras.split(",")):
         print(f"{n} camera(s) ...", flush=True)
-        row = run_count(n, clips, args.seconds, args.out / f"n{n}", args.port)
+        row = run_count(n, clips, args.seconds, args.out / f"n{n}", args.port, args.set)
         rows.append(row)
         print(markdown([row]).splitlines()[-1], flush=True)
     args.out.mkdir(parents=True, exist_ok=True)
