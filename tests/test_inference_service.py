@@ -254,3 +254,33 @@ def test_with_two_workers_two_cameras_are_served_at_the_same_time() -> None:
     finally:
         model.gate.set()
         service.close()
+
+
+def test_with_two_workers_one_cameras_two_models_run_at_the_same_time() -> None:
+    """A frame's face and plate models are separate work: its result comes after the slower one,
+    not after both in a row."""
+    faces, plates = GatedModel(), GatedModel()
+    service = InferenceService({Label.FACE: faces, Label.LICENSE_PLATE: plates}, workers=2).start()
+    try:
+        faces.gate.clear()
+        door = service.client("door", {Label.FACE, Label.LICENSE_PLATE}, 5.0)
+        result = in_background(lambda: door.detect(tagged(1)))
+        wait_until(faces.entered.is_set)
+        wait_until(lambda: plates.runs == [[1]])  # ran while the face model is still held
+        assert not result.done()  # the frame waits for all of its models
+        faces.gate.set()
+        assert len(result.result(5)) == 2
+    finally:
+        faces.gate.set()
+        service.close()
+
+
+def test_a_model_that_cannot_look_at_regions_gets_the_whole_frame() -> None:
+    model = GatedModel()
+    service = InferenceService({Label.FACE: model}).start()
+    try:
+        door = service.client("door", {Label.FACE}, 5.0)
+        assert len(door.detect_regions(tagged(3), [(0, 0, 40, 40)])) == 1
+        assert model.runs == [[3]]
+    finally:
+        service.close()

@@ -6,6 +6,8 @@ import numpy as np
 import numpy.typing as npt
 
 FloatArray = npt.NDArray[np.float32]
+#: One integer rectangle in frame pixels, (x1, y1, x2, y2), x2 and y2 exclusive.
+Rect = tuple[int, int, int, int]
 
 
 def area(xyxy: FloatArray) -> FloatArray:

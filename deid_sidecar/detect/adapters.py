@@ -131,6 +131,11 @@ class Adapter(Protocol):
     #: OnnxDetector.detect_batch); adapters of models with other layouts say False.
     batch_first: ClassVar[bool]
 
+    @property
+    def scales_by_long_side(self) -> bool:
+        """Every image is resized to `input_width` on its long side and nothing else: a crop of a frame
+        is seen at the frame's scale when its input width is scaled with it (detect_regions)."""
+
     def prepare(self, image: Image, input_width: int) -> tuple[InputTensor, Letterbox]: ...
 
     def decode(self, outputs: Outputs, meta: Letterbox, threshold: float) -> Detections: ...
@@ -145,6 +150,7 @@ class CenterFaceAdapter:
     label: Label = Label.FACE
     iou_threshold: float = 0.3
     stride: int = 4
+    scales_by_long_side: ClassVar[bool] = True
 
     def prepare(self, image: Image, input_width: int) -> tuple[FloatArray, Letterbox]:
         canvas, meta = fit_dynamic(image, input_width, pad_value=0, center=False)
@@ -185,6 +191,10 @@ class YoloAdapter:
     iou_threshold: float = 0.45
     #: Only these class indices count (None: all), e.g. (0,) for "person" in a COCO model.
     classes: tuple[int, ...] | None = None
+
+    @property
+    def scales_by_long_side(self) -> bool:
+        return self.fixed_size is None
 
     def prepare(self, image: Image, input_width: int) -> tuple[FloatArray, Letterbox]:
         if self.fixed_size is None:
@@ -237,6 +247,10 @@ class ScrfdAdapter:
     anchors_per_cell: int = 2
     iou_threshold: float = 0.4
     _centers: dict[tuple[int, int, int], FloatArray] = field(default_factory=dict, repr=False)
+
+    @property
+    def scales_by_long_side(self) -> bool:
+        return self.fixed_size is None
 
     def prepare(self, image: Image, input_width: int) -> tuple[FloatArray, Letterbox]:
         if self.fixed_size is None:
@@ -310,6 +324,7 @@ class RetinaPlateAdapter:
     min_sizes = ((24, 48), (96, 192), (384, 768))
     variance = (0.1, 0.2)
     corner_order = (2, 3, 0, 1)
+    scales_by_long_side: ClassVar[bool] = True
 
     def prepare(self, image: Image, input_width: int) -> tuple[FloatArray, Letterbox]:
         canvas, meta = fit_dynamic(image, input_width, pad_value=0, center=False)
@@ -340,6 +355,7 @@ class TfObjectDetectionAdapter:
     """
 
     batch_first: ClassVar[bool] = False
+    scales_by_long_side: ClassVar[bool] = False  # stretched to its fixed size
 
     label: Label = Label.PERSON
     #: The graph's own input size; it was trained on frames stretched to it (no letterbox).

@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 
 from deid_sidecar.config import Config, DetectorConfig
-from deid_sidecar.core.boxes import clip
+from deid_sidecar.core.boxes import Rect, clip
 from deid_sidecar.core.detections import Detections, Label
 from deid_sidecar.detect import runtime
 from deid_sidecar.detect.adapters import (
@@ -31,6 +31,9 @@ from deid_sidecar.errors import ConfigError
 from deid_sidecar.models.registry import AdapterName, ModelSpec, get_model, model_path
 
 log = logging.getLogger(__name__)
+
+#: A region's input is at least this many model pixels on its long side (the adapters pad to 32).
+MIN_REGION_INPUT = 32
 
 AdapterFactory = Callable[[Label, "tuple[int, int] | None"], Adapter]
 
@@ -90,6 +93,22 @@ class OnnxDetector:
         infer = functools.partial(self._infer, spent=spent)
         candidates = infer(image, self.input_width, self._floor)
         found = self._settle(image, candidates, infer)
+        self.last_inference_ms = spent.seconds * 1000.0
+        return found
+
+    def detect_regions(self, image: Image, regions: Sequence[Rect]) -> Detections:
+        """`detect` on `regions` of `image` only, each seen at the scale the whole frame would be."""
+        if not self.adapter.scales_by_long_side:
+            return self.detect(image)
+        spent = _Stopwatch()
+        infer = functools.partial(self._infer, spent=spent)
+        scale = self.input_width / max(image.shape[:2])
+        parts = []
+        for x1, y1, x2, y2 in regions:
+            crop = np.ascontiguousarray(image[y1:y2, x1:x2])
+            width = max(MIN_REGION_INPUT, round(max(crop.shape[:2]) * scale))
+            parts.append(infer(crop, width, self._floor).translated(x1, y1))
+        found = self._settle(image, Detections.merge(parts), infer)
         self.last_inference_ms = spent.seconds * 1000.0
         return found
 
@@ -160,9 +179,14 @@ class MultiDetector:
         self._calls = 0
 
     def detect(self, image: Image) -> Detections:
+        return Detections.merge(detector.detect(image) for detector in self._due())
+
+    def detect_regions(self, image: Image, regions: Sequence[Rect]) -> Detections:
+        return Detections.merge(detector.detect_regions(image, regions) for detector in self._due())
+
+    def _due(self) -> list[OnnxDetector]:
         calls, self._calls = self._calls, self._calls + 1
-        due = [d for d, n in zip(self.detectors, self.every, strict=True) if calls % max(1, n) == 0]
-        return Detections.merge(detector.detect(image) for detector in due)
+        return [d for d, n in zip(self.detectors, self.every, strict=True) if calls % max(1, n) == 0]
 
     def last_inference_ms(self) -> dict[str, float]:
         """Model id -> the last inference time in milliseconds."""
@@ -207,8 +231,11 @@ def load_detector(
     return detector
 
 
-def configured_detector(config: Config, label: Label, *, file_mode: bool = False) -> OnnxDetector:
-    """The detector `config.detection` sets up for `label` (file mode: its `file_input_width`)."""
+def configured_detector(
+    config: Config, label: Label, *, file_mode: bool = False, threads: int | None = None
+) -> OnnxDetector:
+    """The detector `config.detection` sets up for `label` (file mode: its `file_input_width`;
+    `threads` overrides `detection.threads`)."""
     detection = config.detection
     settings: DetectorConfig = getattr(detection, label.key)
     if not settings.enabled:
@@ -216,7 +243,12 @@ def configured_detector(config: Config, label: Label, *, file_mode: bool = False
         raise ConfigError(f"detection.{label.key}.enabled is false, but a camera protects {label.key}")
     width = (settings.file_input_width or settings.input_width) if file_mode else settings.input_width
     return load_detector(
-        label, settings, Path(config.models_dir), detection.providers, detection.threads, width
+        label,
+        settings,
+        Path(config.models_dir),
+        detection.providers,
+        detection.threads if threads is None else threads,
+        width,
     )
 
 

@@ -15,6 +15,9 @@ from deid_sidecar.core.detections import Label
 from deid_sidecar.detect.base import Detector, DetectorFactory
 from deid_sidecar.detect.service import DetectionClient, InferenceService
 
+#: `detection.max_batch: 0` on a GPU: frames of this many cameras go through a model in one run.
+GPU_BATCH = 4
+
 
 def live_detector(config: Config, labels: set[Label]) -> Detector:
     """Each model at its `input_width`: a camera has a frame budget."""
@@ -53,15 +56,21 @@ class SharedDetection:
         self._service: InferenceService | None = None
 
     def for_camera(self, name: str, labels: set[Label]) -> Detector:
+        from deid_sidecar.detect import runtime
         from deid_sidecar.detect.detector import configured_detector
 
+        detection = self.config.detection
+        cores = os.cpu_count() or 1
+        workers = detection.workers or cores
+        # The workers already keep every core busy: each run on its share of them. Two runs of one
+        # thread each on 2 cores got through 29 % more passes than two runs of two threads each.
+        threads = detection.threads or max(1, cores // workers)
         with self._lock:
             if self._service is None:
-                detection = self.config.detection
-                workers = detection.workers or os.cpu_count() or 1
-                self._service = InferenceService({}, detection.max_batch, workers).start()
+                max_batch = detection.max_batch or (GPU_BATCH if runtime.uses_gpu(detection.providers) else 1)
+                self._service = InferenceService({}, max_batch, workers).start()
             for label in sorted(labels - set(self._service.detectors)):
-                self._service.add_model(label, configured_detector(self.config, label))
+                self._service.add_model(label, configured_detector(self.config, label, threads=threads))
             return self._service.client(name, labels, self.config.privacy.detect_budget_ms / 1000.0)
 
     def release(self, detector: Detector | None) -> None:

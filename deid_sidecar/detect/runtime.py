@@ -46,6 +46,11 @@ def resolve_providers(wanted: Sequence[str], available: Sequence[str]) -> list[s
     return chosen
 
 
+def uses_gpu(wanted: Sequence[str]) -> bool:
+    """True when the first provider that sessions get for `wanted` is a GPU's."""
+    return resolve_providers(wanted, ort.get_available_providers())[0] != PROVIDERS["cpu"]
+
+
 def session_options(threads: int) -> Any:
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads or os.cpu_count() or 1

@@ -26,8 +26,9 @@ from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from deid_sidecar.core.boxes import Rect
 from deid_sidecar.core.detections import Detections, Label
-from deid_sidecar.detect.base import DetectionRefused, Image
+from deid_sidecar.detect.base import DetectionRefused, Image, RegionDetector
 
 log = logging.getLogger(__name__)
 
@@ -56,8 +57,21 @@ class _Request:
     client: DetectionClient
     image: Image
     deadline: float
+    regions: Sequence[Rect] | None  # None: the whole frame
     future: Future[Detections] = field(default_factory=Future)
     parts: list[Detections] = field(default_factory=list)
+    #: The models no worker has started on it yet, and how many are running on it now.
+    models_left: list[Label] = field(default_factory=list)
+    running: int = 0
+
+
+@dataclass
+class _Work:
+    """One model over one or more requests: what a worker takes at a time."""
+
+    label: Label
+    detector: BatchDetector
+    requests: list[_Request]
 
 
 class InferenceService:
@@ -120,12 +134,13 @@ class InferenceService:
         with self._cond:
             if self._closed:
                 raise DetectionRefused("the inference service stopped")
+            request.models_left = [label for label in self.detectors if label in request.client.labels]
             older = self._waiting.pop(request.client, None)
             self._waiting[request.client] = request
             self.counters.requests += 1
             if older is not None:
                 self.counters.replaced += 1
-            self._cond.notify()
+            self._cond.notify_all()
         if older is not None:
             _refuse(older, f"{request.client.name}: replaced by a newer frame")
 
@@ -138,56 +153,92 @@ class InferenceService:
     # --- the worker ------------------------------------------------------------------------------
 
     def _serve(self) -> None:
-        while (taken := self._take()) is not None:
-            batch, models = taken
+        while (work := self._take()) is not None:
             try:
-                self._run(batch, models)
-            except Exception as exc:  # never leave a camera waiting on a result that will not come
-                log.exception("inference service: a batch failed")
-                for request in batch:
-                    if not request.future.done():
-                        request.future.set_exception(exc)
+                found = self._run(work)
+            except Exception as exc:  # these cameras mask the frame whole; the others go on
+                log.warning("inference service: %s failed: %s", work.label.key, exc)
+                self._fail(work, exc)
+            else:
+                self._done(work, found)
 
-    def _take(self) -> tuple[list[_Request], list[tuple[Label, BatchDetector]]] | None:
-        """The oldest waiting requests (at most max_batch) and the models now loaded; None once closed."""
+    def _take(self) -> _Work | None:
+        """The next model to run and the requests it runs on; None once closed.
+
+        The oldest request with a model not started yet goes first, with (for a whole frame) the
+        other waiting whole frames that need the same model, up to max_batch: every camera is served
+        once before any twice, and two workers can run a request's two models at the same time.
+        """
         with self._cond:
-            while not self._waiting and not self._closed:
+            while True:
+                if self._closed:
+                    return None
+                self._expire()
+                waiting = list(self._waiting.values())
+                first = next(iter(waiting), None)
+                if first is not None:
+                    break
                 self._cond.wait()
-            if self._closed:
-                return None
-            clients = list(self._waiting)[: self.max_batch]
-            return [self._waiting.pop(client) for client in clients], list(self.detectors.items())
+            label = first.models_left[0]
+            if first.regions is None:
+                batch = [r for r in waiting if r.regions is None and label in r.models_left][: self.max_batch]
+            else:
+                batch = [first]
+            for request in batch:
+                request.models_left.remove(label)
+                request.running += 1
+                if not request.models_left:
+                    del self._waiting[request.client]  # nothing left to take; it completes when done
+            return _Work(label, self.detectors[label], batch)
 
-    def _run(self, batch: list[_Request], models: list[tuple[Label, BatchDetector]]) -> None:
+    def _expire(self) -> None:
+        """Refuse what waited past its budget before any model started on it (under `_cond`)."""
         now = self.clock()
-        live = [r for r in batch if r.deadline >= now]
+        late = [r for r in self._waiting.values() if r.deadline < now and r.running == 0]
+        for request in late:
+            del self._waiting[request.client]
+            self.counters.expired += 1
+            _refuse(request, f"{request.client.name}: waited past its budget (overloaded)")
+
+    def _run(self, work: _Work) -> list[Detections]:
+        """Whole frames go through the model in one batch, a request for regions on its own (a model
+        that cannot look at regions looks at the whole frame)."""
+        requests = [r for r in work.requests if not r.future.done()]  # not refused meanwhile
+        if not requests:
+            return []
+        work.requests = requests
+        regions = requests[0].regions
+        if regions is not None and isinstance(work.detector, RegionDetector):
+            return [work.detector.detect_regions(requests[0].image, regions)]
+        return work.detector.detect_batch([r.image for r in requests])
+
+    def _done(self, work: _Work, found: list[Detections]) -> None:
+        finished = []
         with self._cond:
-            self.counters.expired += len(batch) - len(live)
-        for request in batch:
-            if request.deadline < now:
-                _refuse(request, f"{request.client.name}: waited past its budget (overloaded)")
-        for label, detector in models:
-            members = [r for r in live if label in r.client.labels and not r.future.done()]
-            if members:
-                self._run_model(detector, members)
-        for request in live:
+            self.counters.runs += 1 if found else 0
+            self.counters.images += len(found)
+            for request, detections in zip(work.requests, found, strict=True):
+                request.parts.append(detections)
+            for request in work.requests:
+                request.running -= 1
+                if request.running == 0 and not request.models_left:
+                    finished.append(request)
+        for request in finished:
             if not request.future.done():
                 request.future.set_result(Detections.merge(request.parts))
 
-    def _run_model(self, detector: BatchDetector, members: list[_Request]) -> None:
-        try:
-            found = detector.detect_batch([r.image for r in members])
-        except Exception as exc:  # these cameras mask the frame whole; the others go on
-            with self._cond:
-                self.counters.failed += len(members)
-            for request in members:
-                request.future.set_exception(exc)
-            return
+    def _fail(self, work: _Work, exc: Exception) -> None:
         with self._cond:
-            self.counters.runs += 1
-            self.counters.images += len(members)
-        for request, detections in zip(members, found, strict=True):
-            request.parts.append(detections)
+            self.counters.failed += len(work.requests)
+            for request in work.requests:
+                request.running -= 1
+                if request.models_left:  # the rest of it is pointless now
+                    request.models_left.clear()
+                    if self._waiting.get(request.client) is request:
+                        del self._waiting[request.client]
+        for request in work.requests:
+            if not request.future.done():
+                request.future.set_exception(exc)
 
 
 class DetectionClient:
@@ -207,9 +258,16 @@ class DetectionClient:
         self._closed = False
 
     def detect(self, image: Image) -> Detections:
+        return self._ask(image, None)
+
+    def detect_regions(self, image: Image, regions: Sequence[Rect]) -> Detections:
+        return self._ask(image, regions)
+
+    def _ask(self, image: Image, regions: Sequence[Rect] | None) -> Detections:
         if self._closed:
             raise DetectionRefused(f"{self.name}: the camera stopped")
-        request = _Request(self, image, self.service.clock() + self.budget_s)
+        deadline = self.service.clock() + self.budget_s
+        request = _Request(self, image, deadline, regions)
         self.service.submit(request)
         try:
             return request.future.result(timeout=self.budget_s * GIVE_UP_BUDGETS)

@@ -3,6 +3,10 @@
 Per frame: detect (when scheduled) -> track -> union of raw detections and coasting tracks ->
 optional look-ahead buffer (back-fills objects first seen later) -> anonymize.
 
+Live, a detection pass between two full ones looks only at the regions where the picture changed
+and around what was found (track/changes.py); a pass with nothing changed and nothing tracked needs
+no model: the detector already vouched for that picture.
+
 FAIL CLOSED: a frame is masked WHOLE when there is no detection to vouch for it: before the first
 detection, after a reconnect until the next one, when the detector raised or ran past its budget,
 when the newest detection is older than the budget, and when detection is switched off.
@@ -20,10 +24,12 @@ import numpy as np
 
 from deid_sidecar.anonymize.masks import Anonymizer, ZoneMasker, mask_whole_frame
 from deid_sidecar.config import PrivacyConfig, WholeFrameMask
+from deid_sidecar.core.boxes import Rect
 from deid_sidecar.core.detections import Detections
 from deid_sidecar.core.image import Image
-from deid_sidecar.detect.base import DetectionRefused, Detector
-from deid_sidecar.track.edges import EdgeGuard, Rect
+from deid_sidecar.detect.base import DetectionRefused, Detector, RegionDetector
+from deid_sidecar.track.changes import ChangedRegions, LookPlan
+from deid_sidecar.track.edges import EdgeGuard
 from deid_sidecar.track.policy import DelayBuffer, DetectionScheduler
 from deid_sidecar.track.scenecut import SceneCutDetector
 from deid_sidecar.track.tracker import Tracker
@@ -93,6 +99,8 @@ class FrameProcessor:
         self.tracker = Tracker(hold_s=privacy.hold_s)
         self.scheduler = DetectionScheduler(every=privacy.detect_every or 1)
         self.scene_cuts = SceneCutDetector()
+        # Live only: file mode has no frame budget, and looks at every frame whole.
+        self.changes = ChangedRegions(privacy.full_detect_s if realtime else 0.0)
         # Live only: file mode's look-ahead masks entering faces back from their first detection.
         self.edge_guard = EdgeGuard(privacy.edge_band if realtime else 0.0)
         if lookahead_frames is not None:
@@ -153,6 +161,7 @@ class FrameProcessor:
         self.tracker.reset()
         self.scheduler.reset()
         self.edge_guard.reset()
+        self.changes.reset()
         self._last_detect_t = None
 
     def _decide(
@@ -166,12 +175,14 @@ class FrameProcessor:
         scene_cut = self.scene_cuts.update(image)
         if scene_cut:
             self.tracker.reset()
+            self.changes.reset()
         if self.scheduler.should_detect(index, scene_cut=scene_cut):
-            raw = self._run_detector(image, detect_image)
+            raw = self._run_detector(image, detect_image, self._plan(image, t, detect_image))
             if raw is None:
                 # Due for detection but none came: only the whole mask is safe (a new object
                 # may have appeared that no track predicts).
                 return True, self.tracker.predict(t), nothing, None
+            self.changes.looked(t, raw)
             self._last_detect_t = t
             tracked = self.tracker.update(raw, t)
             born = tracked[np.isin(tracked.track_id, list(self.tracker.new_track_ids()))]
@@ -181,16 +192,30 @@ class FrameProcessor:
         stale = self._last_detect_t is None or t - self._last_detect_t > self._budget_s
         return stale, self.tracker.predict(t), nothing, None
 
-    def _run_detector(self, image: Image, detect_image: Image | None) -> Detections | None:
+    def _plan(self, image: Image, t: float, detect_image: Image | None) -> LookPlan:
+        """Where this pass looks: regions only for a detector that can look at regions, and not on a
+        sub stream (already small)."""
+        if detect_image is not None or not isinstance(self.detector, RegionDetector):
+            return LookPlan(None)
+        return self.changes.plan(image, t, self.tracker.predict(t))
+
+    def _run_detector(self, image: Image, detect_image: Image | None, plan: LookPlan) -> Detections | None:
         """Detections for `image`, or None when the detector failed or ran past its budget."""
         assert self.detector is not None
+        if plan.regions == []:
+            self.counters.detections_run += 1  # nothing changed, nothing tracked: nothing to find
+            return Detections.empty()
         source = image if detect_image is None else detect_image
         if self._inflight is not None:
             if not self._inflight.done():
                 return None  # still busy with an earlier frame that ran over budget
             self._inflight = None  # that late result belongs to an old frame: discard it
         started = time.perf_counter()
-        future = self._executor.submit(self.detector.detect, source)
+        if plan.regions is None:
+            future = self._executor.submit(self.detector.detect, source)
+        else:
+            assert isinstance(self.detector, RegionDetector)  # _plan plans regions for no other
+            future = self._executor.submit(self.detector.detect_regions, image, plan.regions)
         try:
             result = future.result(timeout=self._budget_s if self.realtime else None)
         except FutureTimeout:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
+from deid_sidecar.core.boxes import Rect
 from deid_sidecar.core.image import Image
 
 #: The small grey copy takes every Nth pixel so that it is about this wide (a subsample, no filtering:
@@ -33,8 +34,6 @@ MIN_REGION_SHARE = 0.002
 #: A hidden region reaches this far (fraction of its size, at least MIN_MARGIN_PX) beyond what moved.
 MARGIN = 0.15
 MIN_MARGIN_PX = 12
-
-Rect = tuple[int, int, int, int]
 
 
 class EdgeGuard:
