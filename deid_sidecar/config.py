@@ -164,7 +164,7 @@ class DetectionConfig(Strict):
         ),
         description="Whole-person detector (for cameras where faces are too small to find).",
     )
-    providers: list[Literal["tensorrt", "cuda", "cpu"]] = Field(
+    providers: list[Literal["tensorrt", "cuda", "openvino", "cpu"]] = Field(
         default_factory=lambda: ["cuda", "cpu"],  # type: ignore[arg-type]
         min_length=1,
         description="onnxruntime execution providers in order of preference; unavailable ones are skipped.",

@@ -115,6 +115,18 @@ def test_sessions_are_shared_and_providers_explicit(models_dir: Path) -> None:
         runtime.create_session(models_dir / "README.md", ["cpu"])
 
 
+def test_openvino_is_used_where_installed_and_skipped_for_the_cpu_elsewhere(models_dir: Path) -> None:
+    """The `openvino` extra (onnxruntime-openvino) is measured by bench/openvino_check.py; here, with
+    plain onnxruntime, a config that prefers it runs on the CPU, and an NVIDIA batch is not assumed."""
+    assert runtime.resolve_providers(
+        ["openvino", "cpu"], ["OpenVINOExecutionProvider", "CPUExecutionProvider"]
+    ) == ["OpenVINOExecutionProvider", "CPUExecutionProvider"]
+    session = runtime.create_session(model_path(models_dir, "centerface"), ["openvino", "cpu"], 1)
+    assert session.get_providers() == ["CPUExecutionProvider"]
+    assert runtime.openvino_device() == "CPU"
+    assert not runtime.uses_gpu(["openvino", "cpu"])
+
+
 def test_file_mode_runs_plates_on_every_other_pass(models_dir: Path, media_dir: Path) -> None:
     detector = build_detector(
         parse_config({"models_dir": str(models_dir)}), {Label.FACE, Label.LICENSE_PLATE}, file_mode=True

@@ -23,6 +23,8 @@ ort.disable_telemetry_events()
 PROVIDERS = {
     "tensorrt": "TensorrtExecutionProvider",
     "cuda": "CUDAExecutionProvider",
+    # Intel iGPUs (and CPUs): only in PyPI's onnxruntime-openvino, the `openvino` extra.
+    "openvino": "OpenVINOExecutionProvider",
     "cpu": "CPUExecutionProvider",
 }
 
@@ -46,9 +48,22 @@ def resolve_providers(wanted: Sequence[str], available: Sequence[str]) -> list[s
     return chosen
 
 
+def openvino_device() -> str:
+    """OpenVINO's device: the Intel GPU when it sees one, else the CPU (a device it does not see,
+    "AUTO:GPU,CPU" included, makes the provider fail to start)."""
+    try:  # only onnxruntime-openvino has this, in its binding module
+        from onnxruntime.capi import _pybind_state
+
+        devices = list(_pybind_state.get_available_openvino_device_ids())
+    except (ImportError, AttributeError):
+        return "CPU"
+    return "GPU" if any(str(d).startswith("GPU") for d in devices) else "CPU"
+
+
 def uses_gpu(wanted: Sequence[str]) -> bool:
-    """True when the first provider that sessions get for `wanted` is a GPU's."""
-    return resolve_providers(wanted, ort.get_available_providers())[0] != PROVIDERS["cpu"]
+    """True when the first provider that sessions get for `wanted` is an NVIDIA GPU's."""
+    first = resolve_providers(wanted, ort.get_available_providers())[0]
+    return first in (PROVIDERS["tensorrt"], PROVIDERS["cuda"])
 
 
 def session_options(threads: int) -> Any:
@@ -69,8 +84,13 @@ def session_options(threads: int) -> Any:
 def create_session(path: Path, providers: Sequence[str], threads: int = 0) -> Any:
     """A new InferenceSession for `path` with the preferred available providers."""
     chosen = resolve_providers(providers, ort.get_available_providers())
+    with_options = [
+        (p, {"device_type": openvino_device()}) if p == PROVIDERS["openvino"] else p for p in chosen
+    ]
     try:
-        session = ort.InferenceSession(str(path), sess_options=session_options(threads), providers=chosen)
+        session = ort.InferenceSession(
+            str(path), sess_options=session_options(threads), providers=with_options
+        )
     except Exception as exc:  # onnxruntime raises its own exception types for bad or missing files
         raise UserError(f"cannot load model {path}: {str(exc).splitlines()[0]}") from None
     log.info("%s: running on %s", path.name, session.get_providers()[0])
