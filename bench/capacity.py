@@ -8,7 +8,8 @@ one motion per camera), run by the real CLI with its default detection. After a 
 over `--seconds`:
   - per camera, from /api/stats: frames out per second, latency p50 / p95 (decoded -> muxed), frames
     masked whole;
-  - the whole process: CPU (of one core) and RSS from /proc;
+  - the whole process: CPU (of one core) and RSS from /proc: in all, per camera, and added by each
+    camera beyond the first (when the run has a 1-camera row; the models are loaded once for all);
   - the live leak: every camera's published stream (/streams/<cam>_anon.ts) is recorded as bytes
     while it runs and scored afterwards with bench/leakmetric.py. To know which source frame a
     published frame is (cameras drop and skip frames under load), each clip is stamped: every frame
@@ -300,16 +301,26 @@ def pct(tally: dict[str, Any]) -> str:
     return "-" if rate is None else f"{100 * rate:.2f}% ({tally['leaked']}/{tally['visible']})"
 
 
+def add_rss_per_added_camera(rows: list[dict[str, Any]]) -> None:
+    """Per row, the RSS each camera beyond the first added, when the run has a 1-camera row: the
+    models' working memory is there once however many cameras share it."""
+    one = next((r for r in rows if r["cameras"] == 1), None)
+    for row in rows:
+        if one is not None and row["cameras"] > 1:
+            row["rss_mb_per_added_camera"] = round((row["rss_mb"] - one["rss_mb"]) / (row["cameras"] - 1), 1)
+
+
 def markdown(rows: list[dict[str, Any]]) -> str:
     lines = [
-        "| cameras | fps out (min of cameras) | p95 latency (max, ms) | masked whole | CPU % | RSS (MB, per camera) "
-        "| face leak | plate leak | frames scored (unmatched) | holds |",
+        "| cameras | fps out (min of cameras) | p95 latency (max, ms) | masked whole | CPU % "
+        "| RSS (MB: total, per camera, added per camera) | face leak | plate leak | frames scored (unmatched) | holds |",
         "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for r in rows:
+        added = r.get("rss_mb_per_added_camera", "-")
         lines.append(
             f"| {r['cameras']} | {r['fps_out_min']} | {r['latency_p95_ms_max']} | {r['masked_whole']} "
-            f"| {r['cpu_percent']} | {r['rss_mb']} ({r['rss_mb_per_camera']}) | {pct(r['face_leak'])} "
+            f"| {r['cpu_percent']} | {r['rss_mb']}, {r['rss_mb_per_camera']}, {added} | {pct(r['face_leak'])} "
             f"| {pct(r['plate_leak'])} | {r['frames_scored']} ({r['frames_unmatched']}) | {'yes' if holds(r) else 'no'} |"
         )
     return "\n".join(lines) + "\n"
@@ -340,6 +351,7 @@ def main() -> int:
         row = run_count(n, clips, args.seconds, args.out / f"n{n}", args.port, args.set)
         rows.append(row)
         print(markdown([row]).splitlines()[-1], flush=True)
+    add_rss_per_added_camera(rows)
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "capacity.json").write_text(json.dumps(rows, indent=1))
     table = markdown(rows)
