@@ -8,6 +8,7 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+import pytest
 
 from deid_sidecar.anonymize.masks import Anonymizer, ZoneMasker
 from deid_sidecar.config import Method, PrivacyConfig
@@ -58,6 +59,21 @@ def test_a_real_face_detector_finds_the_same_face_in_a_region_as_in_the_whole_fr
     assert np.abs(seen.xyxy[0] - whole.xyxy[0]).max() < 4  # the same scale: the same box
     assert abs(float(seen.confidence[0]) - float(whole.confidence[0])) < 0.05
     assert len(detector.detect_regions(frame, [(50, 50, 250, 250)])) == 0  # not where it is not
+
+
+def test_a_box_that_fills_its_region_sends_the_pass_to_the_whole_frame(
+    models_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A region too tight to judge (the plate model boxed a whole crop at 0.36): the whole frame."""
+    from deid_sidecar.config import DetectorConfig
+    from deid_sidecar.detect.detector import load_detector
+
+    detector = load_detector(Label.FACE, DetectorConfig(model="centerface"), models_dir, ["cpu"], 1, 960)
+    whole = Detections.from_boxes([(10, 10, 50, 60)], Label.FACE, 0.9)
+    monkeypatch.setattr(detector, "detect", lambda image: whole)
+    fills = Detections.from_boxes([(1, 1, 199, 149)], Label.FACE, 0.4)
+    monkeypatch.setattr(detector, "_infer", lambda image, width, threshold, spent: fills)
+    assert detector.detect_regions(SCENE, [(600, 300, 800, 450)]) is whole
 
 
 def test_only_models_that_keep_the_aspect_look_at_regions() -> None:

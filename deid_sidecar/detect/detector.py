@@ -34,6 +34,8 @@ log = logging.getLogger(__name__)
 
 #: A region's input is at least this many model pixels on its long side (the adapters pad to 32).
 MIN_REGION_INPUT = 32
+#: A box this large a share of its region's width and height means the region was too tight.
+FILLS_REGION = 0.9
 
 AdapterFactory = Callable[[Label, "tuple[int, int] | None"], Adapter]
 
@@ -107,7 +109,12 @@ class OnnxDetector:
         for x1, y1, x2, y2 in regions:
             crop = np.ascontiguousarray(image[y1:y2, x1:x2])
             width = max(MIN_REGION_INPUT, round(max(crop.shape[:2]) * scale))
-            parts.append(infer(crop, width, self._floor).translated(x1, y1))
+            found = infer(crop, width, self._floor)
+            if _fills(found, x2 - x1, y2 - y1):
+                # The region is too tight to judge what is in it (the plate model boxed a whole
+                # 388 x 352 crop at 0.36, and its track kept the region that small): the whole frame.
+                return self.detect(image)
+            parts.append(found.translated(x1, y1))
         found = self._settle(image, Detections.merge(parts), infer)
         self.last_inference_ms = spent.seconds * 1000.0
         return found
@@ -164,6 +171,14 @@ class OnnxDetector:
         """One inference on a blank frame, so the first real frame does not pay for allocation."""
         height = max(32, self.input_width * 9 // 16)
         self.detect(np.zeros((height, self.input_width, 3), np.uint8))
+
+
+def _fills(found: Detections, width: int, height: int) -> bool:
+    """True when a box covers nearly all of a `width` x `height` crop."""
+    if not len(found):
+        return False
+    sizes = found.xyxy[:, 2:] - found.xyxy[:, :2]
+    return bool(np.any((sizes[:, 0] >= FILLS_REGION * width) & (sizes[:, 1] >= FILLS_REGION * height)))
 
 
 class MultiDetector:
