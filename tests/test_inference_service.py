@@ -284,3 +284,22 @@ def test_a_model_that_cannot_look_at_regions_gets_the_whole_frame() -> None:
         assert model.runs == [[3]]
     finally:
         service.close()
+
+
+def test_a_frame_replaced_while_one_of_its_models_runs_is_refused_and_the_newer_one_served() -> None:
+    faces, plates = GatedModel(), GatedModel()
+    service = InferenceService({Label.FACE: faces, Label.LICENSE_PLATE: plates}, workers=1).start()
+    try:
+        faces.gate.clear()
+        door = service.client("door", {Label.FACE, Label.LICENSE_PLATE}, 5.0)
+        older = in_background(lambda: door.detect(tagged(1)))
+        wait_until(faces.entered.is_set)  # its face model runs; its plate model still waits
+        newer = in_background(lambda: door.detect(tagged(2)))
+        with pytest.raises(DetectionRefused):
+            older.result(5)
+        faces.gate.set()
+        assert len(newer.result(5)) == 2
+        assert plates.runs == [[2]]
+    finally:
+        faces.gate.set()
+        service.close()

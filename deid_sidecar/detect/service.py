@@ -203,10 +203,10 @@ class InferenceService:
     def _run(self, work: _Work) -> list[Detections]:
         """Whole frames go through the model in one batch, a request for regions on its own (a model
         that cannot look at regions looks at the whole frame)."""
-        requests = [r for r in work.requests if not r.future.done()]  # not refused meanwhile
+        work.requests = [r for r in work.requests if not r.future.done()]  # not refused meanwhile
+        requests = work.requests
         if not requests:
             return []
-        work.requests = requests
         regions = requests[0].regions
         if regions is not None and isinstance(work.detector, RegionDetector):
             return [work.detector.detect_regions(requests[0].image, regions)]
