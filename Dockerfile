@@ -93,13 +93,16 @@ ENV PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_CACHE_DIR=1
 WORKDIR /build
 COPY pyproject.toml README* ./
 COPY deid_sidecar ./deid_sidecar
-# Installed without an onnxruntime extra: fetching needs `onnx`, never a runtime.
+# The CPU onnxruntime, whichever the flavour: the fetch makes the int8 copies (calibrated with it, on
+# photos from Debian's opencv-doc, hence the package lists) that live cameras on a CPU run.
 # The default models_dir `models` is relative to the working directory: /build/models.
 # hadolint ignore=SC2086
-RUN python -m venv /opt/fetch \
-    && /opt/fetch/bin/pip install . \
+RUN apt-get update \
+    && python -m venv /opt/fetch \
+    && /opt/fetch/bin/pip install ".[cpu]" \
     && PIP_EXTRA_INDEX_URL="${TORCH_INDEX_URL}" /opt/fetch/bin/deid-sidecar models fetch ${MODELS} \
-    && /opt/fetch/bin/deid-sidecar models list
+    && /opt/fetch/bin/deid-sidecar models list \
+    && rm -rf /var/lib/apt/lists/*
 
 # ---------------------------------------------------------------------------------------------------
 # Runtime.

@@ -48,6 +48,8 @@ def check_models(config: Config) -> None:
         detector = getattr(config.detection, kind)
         if detector.enabled:
             model_path(Path(config.models_dir), detector.model)
+            if config.detection.precision == "int8":
+                model_path(Path(config.models_dir), detector.model, int8=True)
 
 
 #: Seconds before a background task that failed (go2rtc registrar, a pusher) is started again.

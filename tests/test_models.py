@@ -41,10 +41,11 @@ def test_missing_model_names_the_fetch_command(tmp_path: Path) -> None:
 def test_describe_models_marks_fetched(tmp_path: Path) -> None:
     (tmp_path / "centerface.onnx").write_bytes(b"x")
     table = registry.describe_models(tmp_path).splitlines()
-    assert table[0].split() == ["id", "task", "licence", "fetched"]
-    rows = {line.split()[0]: line for line in table[1:]}
-    assert str(tmp_path / "centerface.onnx") in rows["centerface"]
-    assert rows["yolov8n-plate"].endswith("no")
+    assert table[0].split() == ["id", "task", "licence", "fetched", "int8", "copy"]
+    rows = {line.split()[0]: line.split() for line in table[1:]}
+    assert rows["centerface"][-2:] == [str(tmp_path / "centerface.onnx"), "no"]
+    assert rows["yolov8n-plate"][-2:] == ["no", "no"]
+    assert rows["retina-plate"][-1] == "-"  # no int8 recipe: float only
 
 
 def test_verify_mismatch_is_a_user_error(tmp_path: Path) -> None:
@@ -92,7 +93,11 @@ def test_extract_member_from_zip_and_tar(tmp_path: Path) -> None:
 def test_fetch_is_idempotent(models_dir: Path, media_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
     fetch.fetch_models(["centerface"], models_dir)
     fetch.fetch_media(["t1"], media_dir)
-    assert capsys.readouterr().out.splitlines() == ["centerface: ok (cached)", "t1: ok (cached)"]
+    assert capsys.readouterr().out.splitlines() == [
+        "centerface: ok (cached)",
+        "centerface int8: ok (cached)",
+        "t1: ok (cached)",
+    ]
     assert fetch.sha256_file(models_dir / "centerface.onnx") == registry.MODELS["centerface"].sha256
 
 

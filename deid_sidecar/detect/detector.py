@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from deid_sidecar.config import Config, DetectorConfig
+from deid_sidecar.config import Config, DetectionConfig, DetectorConfig
 from deid_sidecar.core.boxes import Rect, clip
 from deid_sidecar.core.detections import Detections, Label
 from deid_sidecar.detect import runtime
@@ -219,15 +219,18 @@ def load_detector(
     providers: Sequence[str],
     threads: int,
     input_width: int | None = None,
+    *,
+    int8: bool = False,
 ) -> OnnxDetector:
-    """Load, check and warm up the model configured for one label (`input_width` overrides it)."""
+    """Load, check and warm up the model configured for one label (`input_width` overrides it;
+    `int8`: its int8 copy)."""
     width = input_width or settings.input_width
     spec = get_model(settings.model)
     if spec.task is not label:
         raise ConfigError(
             f"detection.{label.key}.model: {spec.id!r} detects {spec.task.key}, not {label.key}"
         )
-    path = model_path(models_dir, spec.id)  # ModelMissingError names the fetch command
+    path = model_path(models_dir, spec.id, int8=int8)  # ModelMissingError names the fetch command
     session = runtime.shared_session(path, providers, threads)
     zoom = (
         ZoomRecheck(settings.zoom_threshold, settings.zoom_below_px)
@@ -237,9 +240,10 @@ def load_detector(
     detector = OnnxDetector(spec, session, settings.threshold, width, label, zoom)
     detector.warm_up()
     log.info(
-        "%s: %s loaded (threshold %.2f, input width %d)",
+        "%s: %s%s loaded (threshold %.2f, input width %d)",
         label.key,
         spec.id,
+        " (int8)" if int8 else "",
         settings.threshold,
         width,
     )
@@ -257,14 +261,34 @@ def configured_detector(
         # Protecting something nobody looks for would pass it through in the clear.
         raise ConfigError(f"detection.{label.key}.enabled is false, but a camera protects {label.key}")
     width = (settings.file_input_width or settings.input_width) if file_mode else settings.input_width
+    models_dir = Path(config.models_dir)
     return load_detector(
         label,
         settings,
-        Path(config.models_dir),
+        models_dir,
         detection.providers,
         detection.threads if threads is None else threads,
         width,
+        int8=uses_int8(detection, get_model(settings.model), models_dir, file_mode=file_mode),
     )
+
+
+def uses_int8(detection: DetectionConfig, spec: ModelSpec, models_dir: Path, *, file_mode: bool) -> bool:
+    """Whether `spec` runs from its int8 copy (`detection.precision`; auto: live cameras on the CPU,
+    the only place it is measured, and only where `models fetch` made one)."""
+    if detection.precision != "auto":
+        return detection.precision == "int8"  # model_path names what is missing
+    if file_mode or spec.int8 is None or not runtime.runs_on_cpu(detection.providers):
+        return False
+    if not (models_dir / spec.int8_filename).is_file():
+        log.warning(
+            "%s: no int8 copy in %s/ (made by: deid-sidecar models fetch %s); running the float model",
+            spec.id,
+            models_dir,
+            spec.id,
+        )
+        return False
+    return True
 
 
 def build_detector(config: Config, protect: set[Label], *, file_mode: bool = False) -> MultiDetector:

@@ -60,6 +60,11 @@ def openvino_device() -> str:
     return "GPU" if any(str(d).startswith("GPU") for d in devices) else "CPU"
 
 
+def runs_on_cpu(wanted: Sequence[str]) -> bool:
+    """True when the first provider that sessions get for `wanted` is onnxruntime's own CPU one."""
+    return resolve_providers(wanted, ort.get_available_providers())[0] == PROVIDERS["cpu"]
+
+
 def uses_gpu(wanted: Sequence[str]) -> bool:
     """True when the first provider that sessions get for `wanted` is an NVIDIA GPU's."""
     first = resolve_providers(wanted, ort.get_available_providers())[0]

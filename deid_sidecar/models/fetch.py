@@ -18,7 +18,7 @@ from collections.abc import Callable
 from pathlib import Path, PurePosixPath
 
 from deid_sidecar.errors import UserError
-from deid_sidecar.models import convert
+from deid_sidecar.models import convert, quantize
 from deid_sidecar.models.registry import (
     AptMember,
     Conversion,
@@ -46,10 +46,28 @@ def fetch_models(ids: list[str], models_dir: Path, echo: Printer = print) -> Non
         target = models_dir / spec.filename
         if target.is_file() and (spec.sha256 is None or sha256_file(target) == spec.sha256):
             echo(f"{spec.id}: ok (cached)")
-            continue
-        started = time.monotonic()
-        origin = _fetch_model(spec, target, cache_dir(models_dir))
-        echo(f"{spec.id}: fetched from {origin} ({time.monotonic() - started:.0f} s)")
+        else:
+            started = time.monotonic()
+            origin = _fetch_model(spec, target, cache_dir(models_dir))
+            echo(f"{spec.id}: fetched from {origin} ({time.monotonic() - started:.0f} s)")
+        if spec.int8 is not None:
+            _make_int8(spec, models_dir, echo)
+
+
+def _make_int8(spec: ModelSpec, models_dir: Path, echo: Printer) -> None:
+    """The model's int8 copy (models/quantize.py), made again whenever the float file is newer."""
+    source, dest = models_dir / spec.filename, models_dir / spec.int8_filename
+    if dest.is_file() and dest.stat().st_mtime >= source.stat().st_mtime:
+        echo(f"{spec.id} int8: ok (cached)")
+        return
+    started = time.monotonic()
+    cache = cache_dir(models_dir)
+    calibration = [
+        f for media in quantize.CALIBRATION_MEDIA for f in quantize.read_media(_media(media, cache))
+    ]
+    check = [f for media in quantize.CHECK_MEDIA for f in quantize.read_media(_media(media, cache))]
+    summary = quantize.quantize_model(spec, source, dest, calibration, check)
+    echo(f"{spec.id} int8: made in {time.monotonic() - started:.0f} s ({summary})")
 
 
 def fetch_media(ids: list[str], media_dir: Path, echo: Printer = print) -> None:
@@ -105,7 +123,12 @@ def _convert_and_install(spec: ModelSpec, raw: Path, target: Path, cache: Path) 
 
 def _check_image(cache: Path) -> Path:
     """A pinned real photo with people (from a 1.2 MB wheel) that conversions compare outputs on."""
-    media = get_media(CHECK_MEDIA)
+    return _media(CHECK_MEDIA, cache)
+
+
+def _media(media_id: str, cache: Path) -> Path:
+    """A pinned media file in the download cache (verified)."""
+    media = get_media(media_id)
     path = _obtain(media.source, cache)
     verify(path, media.sha256, media.id)
     return path

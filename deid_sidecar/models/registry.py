@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Literal
 
 from deid_sidecar.core.detections import Label
-from deid_sidecar.errors import ModelMissingError, UserError
+from deid_sidecar.errors import ConfigError, ModelMissingError, UserError
 
 AdapterName = Literal["centerface", "yolo", "scrfd", "retinaplate", "tfod"]
 
@@ -71,6 +71,23 @@ class Conversion(str, Enum):
 
 
 @dataclass(frozen=True)
+class Int8Recipe:
+    """How `fetch` derives a model's int8 copy for the CPU (models/quantize.py).
+
+    Static QDQ quantization, weights per channel, activations calibrated on CALIBRATION_MEDIA; the
+    copy is installed only when it finds what the float model finds on the check photos.
+    """
+
+    #: The input width the calibration images are prepared at: the live default `input_width`.
+    width: int
+    #: Node-name prefix of a box-decoding tail whose operators other than Conv stay float: it mixes
+    #: pixel coordinates with 0..1 scores, and one 8-bit scale for both wipes the scores out.
+    float_tail: str | None = None
+    #: Convolutions that stay float as well.
+    float_convs: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
 class ModelSpec:
     id: str
     task: Label
@@ -84,6 +101,13 @@ class ModelSpec:
     #: sha256 of the file the sources deliver, before conversion.
     source_sha256: str | None = None
     conversion: Conversion = Conversion.NONE
+    #: None: the model has no int8 copy (it is not measured quantized).
+    int8: Int8Recipe | None = None
+
+    @property
+    def int8_filename(self) -> str:
+        """Where the int8 copy lies beside the float file."""
+        return self.filename.removesuffix(".onnx") + ".int8.onnx"
 
 
 @dataclass(frozen=True)
@@ -116,6 +140,7 @@ MODELS: dict[str, ModelSpec] = {
             ),
             source_sha256="09189deaaf8646c5c51a68447e3c744ea1e211798155d4728c20507b9f5aefbc",
             conversion=Conversion.SYMBOLIC_DIMS,
+            int8=Int8Recipe(width=960),
             description="CenterFace face detector with 5 landmarks, 7 MB, any input size (multiples of 32).",
         ),
         ModelSpec(
@@ -135,6 +160,7 @@ MODELS: dict[str, ModelSpec] = {
             ),
             source_sha256="58f6ad86f35f09574e13484ead3346ae8cc052facae150041ed4a894ac2f3828",
             conversion=Conversion.YOLO_EXPORT,
+            int8=Int8Recipe(width=640, float_tail="/model.22/", float_convs=("/model.22/dfl/conv/Conv",)),
             description="YOLOv8n license-plate detector (1 class), exported to ONNX with dynamic H/W.",
         ),
         ModelSpec(
@@ -248,6 +274,30 @@ MEDIA: dict[str, MediaSpec] = {
             "surveillance clip, elevated camera, pedestrians, 768x576 10 fps 795 frames",
         ),
         MediaSpec(
+            "megamind",
+            "Megamind.avi",
+            "0057387cb7e75c8fd1663b62cfdc51fa53f527795d0fe3c1fea2fd159d3130b5",
+            AptMember("opencv-doc", "4.6.0+dfsg-12", _OPENCV_DOC + "Megamind.avi"),
+            "Apache-2.0/BSD (OpenCV)",
+            "animated face close up, 720x528, 270 frames (int8 calibration)",
+        ),
+        MediaSpec(
+            "basketball",
+            "basketball1.png",
+            "ba06f6701f7260998b430c39b6557f775497e6ce7b1a74f0b7ea6af371bf54a6",
+            AptMember("opencv-doc", "4.6.0+dfsg-12", _OPENCV_DOC + "basketball1.png"),
+            "Apache-2.0/BSD (OpenCV)",
+            "people playing basketball (int8 calibration)",
+        ),
+        MediaSpec(
+            "plate-motion",
+            "licenseplate_motion.jpg",
+            "ea6fa9cea75df91bec656d1d3b903111a9c0708c6a3b88f405a5156de38ff9d6",
+            AptMember("opencv-doc", "4.6.0+dfsg-12", _OPENCV_DOC + "licenseplate_motion.jpg"),
+            "Apache-2.0/BSD (OpenCV)",
+            "a motion-blurred car plate (int8 calibration)",
+        ),
+        MediaSpec(
             "messi",
             "messi5.jpg",
             "1d570e49654e84c7a943918537bd9e5e1ef82920152e147c834006e235be97c9",
@@ -280,24 +330,29 @@ def default_model_ids() -> list[str]:
     return ["centerface", "yolov8n-plate"]
 
 
-def model_path(models_dir: Path, model_id: str) -> Path:
-    """Where a fetched model lies; raises ModelMissingError naming the fetch command when it does not."""
+def model_path(models_dir: Path, model_id: str, *, int8: bool = False) -> Path:
+    """Where a fetched model (or its int8 copy) lies; raises ModelMissingError naming the fetch
+    command when it does not."""
     spec = get_model(model_id)
-    path = models_dir / spec.filename
+    if int8 and spec.int8 is None:
+        raise ConfigError(f"detection.precision: model {model_id!r} has no int8 copy (float only)")
+    path = models_dir / (spec.int8_filename if int8 else spec.filename)
     if not path.is_file():
+        what = f"the int8 copy of {model_id!r}" if int8 else f"model {model_id!r}"
         raise ModelMissingError(
-            f"model {model_id!r} is not in {models_dir}/; fetch it with: deid-sidecar models fetch {model_id}"
+            f"{what} is not in {models_dir}/; fetch it with: deid-sidecar models fetch {model_id}"
         )
     return path
 
 
 def describe_models(models_dir: Path) -> str:
-    """A plain-text table: id, task, licence, and whether (and where) it is fetched."""
-    rows = [("id", "task", "licence", "fetched")]
+    """A plain-text table: id, task, licence, whether (and where) it is fetched, and its int8 copy."""
+    rows = [("id", "task", "licence", "fetched", "int8 copy")]
     for spec in MODELS.values():
         path = models_dir / spec.filename
         fetched = str(path) if path.is_file() else "no"
-        rows.append((spec.id, spec.task.key, spec.licence.split(":")[0], fetched))
+        int8 = "-" if spec.int8 is None else "yes" if (models_dir / spec.int8_filename).is_file() else "no"
+        rows.append((spec.id, spec.task.key, spec.licence.split(":")[0], fetched, int8))
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     return "\n".join(
         "  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip() for row in rows
