@@ -17,7 +17,7 @@ from deid_sidecar.config import AnonymizeConfig, PrivacyConfig, parse_config
 from deid_sidecar.core.detections import Detections, Label
 from deid_sidecar.detect.base import DetectionRefused, Image
 from deid_sidecar.detect.detector import configured_detector
-from deid_sidecar.detect.service import InferenceService
+from deid_sidecar.detect.service import LOAD_WINDOW_S, InferenceService
 from deid_sidecar.engine.processor import FrameProcessor
 
 FACE_BOX = (40.0, 40.0, 80.0, 80.0)
@@ -302,4 +302,33 @@ def test_a_frame_replaced_while_one_of_its_models_runs_is_refused_and_the_newer_
         assert plates.runs == [[2]]
     finally:
         faces.gate.set()
+        service.close()
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_load_is_the_workers_busy_share_of_the_last_seconds_runs_in_progress_included() -> None:
+    model, clock = GatedModel(), FakeClock()
+    service = InferenceService({Label.FACE: model}, max_batch=1, workers=2, clock=clock).start()
+    try:
+        assert service.load() == 0.0
+        model.gate.clear()
+        door = service.client("door", {Label.FACE}, 5.0)
+        pending = in_background(lambda: door.detect(tagged(1)))
+        wait_until(model.entered.is_set)
+        clock.now += 1.0  # one of two workers busy for one second of the two-second window
+        assert service.load() == pytest.approx(0.25)
+        model.gate.set()
+        pending.result(5)
+        wait_until(lambda: service.load() == pytest.approx(0.25))  # finished, still in the window
+        clock.now += LOAD_WINDOW_S + 0.5
+        assert service.load() == 0.0  # out of the window
+    finally:
+        model.gate.set()
         service.close()

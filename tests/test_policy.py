@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import random
+
 import cv2
 import numpy as np
 import pytest
 
 from deid_sidecar.core.detections import Detections, Label
-from deid_sidecar.track.policy import MAX_EVERY, DelayBuffer, DetectionScheduler
+from deid_sidecar.track.policy import MAX_EVERY, DelayBuffer, DetectionScheduler, SharedLoadSpacing
 from deid_sidecar.track.scenecut import SceneCutDetector
 from deid_sidecar.track.tracker import Tracker, mask_union
 
@@ -265,3 +267,48 @@ def test_held_frames_between_two_sightings_get_the_interpolated_box() -> None:
         boxes = held[i].mask.xyxy
         assert len(boxes) == 1, f"frame {i}"
         assert boxes[0][0] < x and boxes[0][2] > x + 20, f"frame {i}: {boxes[0]} covers {x}..{x + 20}"
+
+
+def test_a_fractional_spacing_mixes_the_two_gaps_around_it_at_random() -> None:
+    scheduler = DetectionScheduler(every=4.25, rng=random.Random(14))
+    detected = detected_frames(scheduler, range(4000))
+    gaps = np.diff(detected)
+    assert set(gaps) == {4, 5}
+    assert np.mean(gaps) == pytest.approx(4.25, abs=0.05)
+    # Two cameras at the same spacing do not keep detecting on the same frames.
+    other = detected_frames(DetectionScheduler(every=4.25, rng=random.Random(15)), range(4000))
+    assert len(set(detected) & set(other)) < 0.5 * len(detected)
+
+
+class Workers:
+    """Shared workers' load: each camera's detection costs `cost` of a worker per frame it detects on."""
+
+    def __init__(self, cost: float) -> None:
+        self.cost = cost
+
+    def load(self, spacings: list[float]) -> float:
+        return min(1.0, sum(self.cost / s for s in spacings))
+
+
+def test_shared_spacing_brings_the_workers_load_to_the_target_and_holds_it() -> None:
+    workers = Workers(cost=0.5)  # four cameras detecting on every frame would need 2x the workers
+    cameras = [SharedLoadSpacing(target=0.7) for _ in range(4)]
+    for second in range(12):
+        load = workers.load([c.spacing for c in cameras])
+        for camera in cameras:
+            camera.update(load, float(second))
+    assert workers.load([c.spacing for c in cameras]) == pytest.approx(0.7, abs=0.05)
+
+
+def test_shared_spacing_lets_a_lone_camera_detect_on_every_frame_and_steps_once_a_second() -> None:
+    alone = SharedLoadSpacing(target=0.7)
+    first = (0.95 / 0.7) ** 0.5
+    assert alone.update(0.95, 0.0) == pytest.approx(first)
+    assert alone.update(0.95, 0.5) == pytest.approx(first)  # not yet a second on
+    for second in range(1, 40):
+        alone.update(1.0, float(second))
+    assert alone.spacing == MAX_EVERY  # saturated workers: it backs off to the longest spacing
+    assert alone.update(0.1, 40.0) == pytest.approx(MAX_EVERY / SharedLoadSpacing.MAX_STEP)  # 1.5x a step
+    for second in range(41, 60):
+        alone.update(0.1, float(second))
+    assert alone.spacing == 1.0  # idle workers: every frame

@@ -39,5 +39,14 @@ class RegionDetector(Detector, Protocol):
     def detect_regions(self, image: Image, regions: Sequence[Rect]) -> Detections: ...
 
 
+@runtime_checkable
+class SharedDetector(Detector, Protocol):
+    """A detector whose models other cameras use too (detect/service.py)."""
+
+    def load(self) -> float:
+        """The share of the shared workers' time spent running models lately, 0..1."""
+        ...
+
+
 #: (config, labels to find) -> a detector. Loading models takes seconds: call it in the executor.
 DetectorFactory = Callable[[Config, set[Label]], Detector]

@@ -20,6 +20,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
@@ -34,6 +35,8 @@ log = logging.getLogger(__name__)
 
 #: A client waits at most this many budgets for its result before it gives up (the worker is stuck).
 GIVE_UP_BUDGETS = 4
+#: `load()` is the workers' busy share over this many seconds.
+LOAD_WINDOW_S = 2.0
 
 
 class BatchDetector(Protocol):
@@ -90,6 +93,9 @@ class InferenceService:
         self.clock = clock
         self._waiting: dict[DetectionClient, _Request] = {}  # insertion order: oldest first
         self._cond = threading.Condition()
+        #: (start, end) of the model runs of the last LOAD_WINDOW_S, and the start of each one running.
+        self._runs: deque[tuple[float, float]] = deque()
+        self._running: dict[int, float] = {}
         self._closed = False
         self._threads = [
             threading.Thread(target=self._serve, name=f"inference-{k}", daemon=True)
@@ -100,6 +106,15 @@ class InferenceService:
         for thread in self._threads:
             thread.start()
         return self
+
+    def load(self) -> float:
+        """The share of the workers' time spent running models over the last LOAD_WINDOW_S, 0..1."""
+        with self._cond:
+            since = self.clock() - LOAD_WINDOW_S
+            now = since + LOAD_WINDOW_S
+            busy = sum(end - max(start, since) for start, end in self._runs if end > since)
+            busy += sum(now - max(start, since) for start in self._running.values())
+            return min(1.0, busy / (LOAD_WINDOW_S * len(self._threads)))
 
     @property
     def waiting(self) -> int:
@@ -153,7 +168,9 @@ class InferenceService:
     # --- the worker ------------------------------------------------------------------------------
 
     def _serve(self) -> None:
+        worker = threading.get_ident()
         while (work := self._take()) is not None:
+            self._busy(worker, True)
             try:
                 found = self._run(work)
             except Exception as exc:  # these cameras mask the frame whole; the others go on
@@ -161,6 +178,18 @@ class InferenceService:
                 self._fail(work, exc)
             else:
                 self._done(work, found)
+            finally:
+                self._busy(worker, False)
+
+    def _busy(self, worker: int, running: bool) -> None:
+        with self._cond:
+            now = self.clock()
+            if running:
+                self._running[worker] = now
+                return
+            self._runs.append((self._running.pop(worker), now))
+            while self._runs and self._runs[0][1] < now - LOAD_WINDOW_S:
+                self._runs.popleft()
 
     def _take(self) -> _Work | None:
         """The next model to run and the requests it runs on; None once closed.
@@ -259,6 +288,9 @@ class DetectionClient:
 
     def detect(self, image: Image) -> Detections:
         return self._ask(image, None)
+
+    def load(self) -> float:
+        return self.service.load()
 
     def detect_regions(self, image: Image, regions: Sequence[Rect]) -> Detections:
         return self._ask(image, regions)

@@ -27,10 +27,10 @@ from deid_sidecar.config import PrivacyConfig, WholeFrameMask
 from deid_sidecar.core.boxes import Rect
 from deid_sidecar.core.detections import Detections
 from deid_sidecar.core.image import Image
-from deid_sidecar.detect.base import DetectionRefused, Detector, RegionDetector
+from deid_sidecar.detect.base import DetectionRefused, Detector, RegionDetector, SharedDetector
 from deid_sidecar.track.changes import ChangedRegions, LookPlan
 from deid_sidecar.track.edges import EdgeGuard
-from deid_sidecar.track.policy import DelayBuffer, DetectionScheduler
+from deid_sidecar.track.policy import DelayBuffer, DetectionScheduler, SharedLoadSpacing
 from deid_sidecar.track.scenecut import SceneCutDetector
 from deid_sidecar.track.tracker import Tracker
 
@@ -40,6 +40,8 @@ log = logging.getLogger(__name__)
 REFUSAL_LOG_S = 10.0
 #: New tracks at least this confident earn a burst of extra detections (see DetectionScheduler).
 BURST_MIN_CONFIDENCE = 0.5
+#: Live cameras space their detections so the inference workers they share are at most this busy.
+TARGET_LOAD = 0.7
 
 
 @dataclass
@@ -98,6 +100,7 @@ class FrameProcessor:
         self.masking_enabled = True
         self.tracker = Tracker(hold_s=privacy.hold_s)
         self.scheduler = DetectionScheduler(every=privacy.detect_every or 1)
+        self.shared_spacing = SharedLoadSpacing(TARGET_LOAD)
         self.scene_cuts = SceneCutDetector()
         # Live only: file mode has no frame budget, and looks at every frame whole.
         self.changes = ChangedRegions(privacy.full_detect_s if realtime else 0.0)
@@ -149,11 +152,14 @@ class FrameProcessor:
         return [self._finish(p.payload, p.mask) for p in self.delay.drain()]
 
     def adapt_schedule(self, frame_interval_ms: float, other_ms: float) -> None:
-        """Live: detect as often as the measured detector cost allows at this frame rate."""
-        if self.counters.detections_run >= 3:
-            self.scheduler.every = self.scheduler.every_for_budget(
-                self.counters.detect_ms, frame_interval_ms, other_ms
-            )
+        """Live: detect as often as the measured detector cost allows at this frame rate, and no more
+        often than inference workers shared with other cameras keep up with (SharedLoadSpacing)."""
+        if self.counters.detections_run < 3:
+            return
+        every: float = self.scheduler.every_for_budget(self.counters.detect_ms, frame_interval_ms, other_ms)
+        if isinstance(self.detector, SharedDetector):
+            every = max(every, self.shared_spacing.update(self.detector.load(), time.monotonic()))
+        self.scheduler.every = every
 
     def _restart(self, generation: int) -> None:
         """A new stream (or its first frame): nothing known about it may vouch for its frames."""

@@ -6,6 +6,7 @@ Pure: no I/O, no clocks (callers pass frame indices and timestamps), so tests dr
 from __future__ import annotations
 
 import math
+import random
 from collections import deque
 from dataclasses import dataclass
 from typing import Generic, TypeVar
@@ -43,9 +44,15 @@ class DetectionScheduler:
     (a new object's velocity is unknown, so prediction alone cannot follow it yet). When the budget
     allows only every third frame or fewer, a burst is a single extra detection: consecutive bursts
     for every new object would double the detector's load and starve the output.
+
+    A fractional `every` (4.4) makes gaps of 4 and 5 frames at random in that proportion, so cameras
+    that share inference workers at the same spacing do not all detect on the same frames.
     """
 
-    def __init__(self, every: int = 1, burst: int = 3) -> None:
+    def __init__(self, every: float = 1, burst: int = 3, rng: random.Random | None = None) -> None:
+        self._rng = rng or random.Random()
+        self._every = 0.0
+        self._gap = 1
         self.every = every
         self.burst = burst
         self._force = True
@@ -54,13 +61,19 @@ class DetectionScheduler:
 
     def should_detect(self, frame_index: int, scene_cut: bool = False) -> bool:
         forced = self._force or scene_cut or self._burst_left > 0 or self._last_detect is None
-        due = self._last_detect is not None and frame_index - self._last_detect >= max(1, self.every)
+        due = self._last_detect is not None and frame_index - self._last_detect >= self._gap
         if not (forced or due):
             return False
         self._force = False
         self._burst_left = max(0, self._burst_left - 1)
         self._last_detect = frame_index
+        self._gap = self._next_gap()
         return True
+
+    def _next_gap(self) -> int:
+        every = max(1.0, self.every)
+        whole = math.floor(every)
+        return whole + (1 if self._rng.random() < every - whole else 0)
 
     def note_new_tracks(self, count: int) -> None:
         if count > 0:
@@ -71,6 +84,17 @@ class DetectionScheduler:
         self._force = True
         self._burst_left = 0
         self._last_detect = None
+
+    @property
+    def every(self) -> float:
+        return self._every
+
+    @every.setter
+    def every(self, value: float) -> None:
+        """A new spacing applies from the next frame (not only after the next detection)."""
+        if value != self._every:
+            self._every = value
+            self._gap = self._next_gap()
 
     @staticmethod
     def every_for_budget(
@@ -87,6 +111,35 @@ class DetectionScheduler:
         if available <= 0:
             return MAX_EVERY
         return int(min(MAX_EVERY, max(1, math.ceil(detect_ms / available))))
+
+
+class SharedLoadSpacing:
+    """Frames between detections that keep inference workers shared by several cameras from saturating.
+
+    Near saturation a request waits behind the other cameras' and latency grows without bound (four
+    cameras on 2 cores, each spacing its detections by its own frame budget alone: the workers were
+    90 % busy and frames waited up to 320 ms for theirs). Every camera applies the same rule to the
+    same measured load, once per `step_s`: spacing x sqrt(load / target), at most MAX_STEP either way.
+    Together they scale the workers' load towards `target` (the square root damps the overshoot of
+    all cameras stepping at once on a load measured over the last seconds).
+    """
+
+    MAX_STEP = 1.5
+
+    def __init__(self, target: float, step_s: float = 1.0) -> None:
+        self.target = target
+        self.step_s = step_s
+        self.spacing = 1.0
+        self._stepped_at: float | None = None
+
+    def update(self, load: float, now: float) -> float:
+        """The spacing for the workers' `load` (0..1, their busy share lately) at time `now`."""
+        if self._stepped_at is not None and now - self._stepped_at < self.step_s:
+            return self.spacing
+        self._stepped_at = now
+        factor = min(self.MAX_STEP, max(1.0 / self.MAX_STEP, math.sqrt(max(load, 0.0) / self.target)))
+        self.spacing = min(float(MAX_EVERY), max(1.0, self.spacing * factor))
+        return self.spacing
 
 
 @dataclass
