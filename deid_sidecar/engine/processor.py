@@ -41,7 +41,9 @@ REFUSAL_LOG_S = 10.0
 #: New tracks at least this confident earn a burst of extra detections (see DetectionScheduler).
 BURST_MIN_CONFIDENCE = 0.5
 #: Live cameras space their detections so the inference workers they share are at most this busy.
-TARGET_LOAD = 0.7
+#: Four cameras on 2 cores, one run each (bench/capacity.py): at 0.6 p95 189 ms and 0.41 % face
+#: leak, at 0.7 238 ms and 0.15 %, with nothing shared (about 0.9) 317 ms and 0.24 %.
+TARGET_LOAD = 0.6
 
 
 @dataclass
