@@ -110,8 +110,8 @@ class InferenceService:
     def load(self) -> float:
         """The share of the workers' time spent running models over the last LOAD_WINDOW_S, 0..1."""
         with self._cond:
-            since = self.clock() - LOAD_WINDOW_S
-            now = since + LOAD_WINDOW_S
+            now = self.clock()
+            since = now - LOAD_WINDOW_S
             busy = sum(end - max(start, since) for start, end in self._runs if end > since)
             busy += sum(now - max(start, since) for start in self._running.values())
             return min(1.0, busy / (LOAD_WINDOW_S * len(self._threads)))

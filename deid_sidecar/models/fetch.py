@@ -6,6 +6,7 @@ second fetch does no network work; results are written atomically (temporary fil
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import shutil
 import sys
@@ -16,6 +17,8 @@ import urllib.request
 import zipfile
 from collections.abc import Callable
 from pathlib import Path, PurePosixPath
+
+import numpy as np
 
 from deid_sidecar.errors import UserError
 from deid_sidecar.models import convert, quantize
@@ -42,6 +45,7 @@ Printer = Callable[[str], None]
 def fetch_models(ids: list[str], models_dir: Path, echo: Printer = print) -> None:
     """Make each model present and verified in `models_dir`; prints one line per model."""
     specs = [get_model(model_id) for model_id in ids]  # unknown ids fail before any download
+    frames = _QuantizeFrames(cache_dir(models_dir))
     for spec in specs:
         target = models_dir / spec.filename
         if target.is_file() and (spec.sha256 is None or sha256_file(target) == spec.sha256):
@@ -51,22 +55,35 @@ def fetch_models(ids: list[str], models_dir: Path, echo: Printer = print) -> Non
             origin = _fetch_model(spec, target, cache_dir(models_dir))
             echo(f"{spec.id}: fetched from {origin} ({time.monotonic() - started:.0f} s)")
         if spec.int8 is not None:
-            _make_int8(spec, models_dir, echo)
+            _make_int8(spec, models_dir, frames, echo)
 
 
-def _make_int8(spec: ModelSpec, models_dir: Path, echo: Printer) -> None:
+class _QuantizeFrames:
+    """The calibration and check frames of the int8 copies: read once per fetch, when one is made."""
+
+    def __init__(self, cache: Path) -> None:
+        self.cache = cache
+
+    @functools.cached_property
+    def calibration(self) -> list[np.ndarray]:
+        return self._read(quantize.CALIBRATION_MEDIA)
+
+    @functools.cached_property
+    def check(self) -> list[np.ndarray]:
+        return self._read(quantize.CHECK_MEDIA)
+
+    def _read(self, media_ids: tuple[str, ...]) -> list[np.ndarray]:
+        return [frame for media in media_ids for frame in quantize.read_media(_media(media, self.cache))]
+
+
+def _make_int8(spec: ModelSpec, models_dir: Path, frames: _QuantizeFrames, echo: Printer) -> None:
     """The model's int8 copy (models/quantize.py), made again whenever the float file is newer."""
     source, dest = models_dir / spec.filename, models_dir / spec.int8_filename
     if dest.is_file() and dest.stat().st_mtime >= source.stat().st_mtime:
         echo(f"{spec.id} int8: ok (cached)")
         return
     started = time.monotonic()
-    cache = cache_dir(models_dir)
-    calibration = [
-        f for media in quantize.CALIBRATION_MEDIA for f in quantize.read_media(_media(media, cache))
-    ]
-    check = [f for media in quantize.CHECK_MEDIA for f in quantize.read_media(_media(media, cache))]
-    summary = quantize.quantize_model(spec, source, dest, calibration, check)
+    summary = quantize.quantize_model(spec, source, dest, frames.calibration, frames.check)
     echo(f"{spec.id} int8: made in {time.monotonic() - started:.0f} s ({summary})")
 
 

@@ -57,7 +57,14 @@ def read_media(path: Path) -> list[np.ndarray]:
         return [image]
     try:
         with av.open(str(path)) as container:
-            frames = [frame.to_ndarray(format="bgr24") for frame in container.decode(video=0)]
+            # Only the frames kept are converted (Megamind.avi whole is 300 MB of BGR); a stream
+            # that does not say its length (a GIF) is a short one: all of it.
+            step = max(1, container.streams.video[0].frames // FRAMES_PER_VIDEO)
+            frames = [
+                frame.to_ndarray(format="bgr24")
+                for index, frame in enumerate(container.decode(video=0))
+                if index % step == 0
+            ]
     except (av.FFmpegError, OSError) as exc:
         raise UserError(f"cannot read the calibration video {path.name}: {exc}") from None
     step = max(1, len(frames) // FRAMES_PER_VIDEO)
@@ -79,7 +86,7 @@ def quantize_model(
     with tempfile.TemporaryDirectory(dir=dest.parent, prefix=".quantize-") as tmp:
         prepared, quantized = Path(tmp) / "prepared.onnx", Path(tmp) / dest.name
         _prepare(source, prepared)
-        detector = _detector(spec, source, recipe, CHECK_SURE_SCORE)
+        detector = _detector(spec, source, recipe.width, CHECK_SURE_SCORE)
         reader = _Calibration(detector.input_name, _tensors(detector, calibration, recipe.width))
         quantize_static(
             str(prepared),
@@ -91,7 +98,7 @@ def quantize_model(
             weight_type=QuantType.QInt8,
             nodes_to_exclude=_float_nodes(prepared, recipe),
         )
-        found, sure = _agreement(detector, _detector(spec, quantized, recipe, CHECK_FIND_SCORE), check)
+        found, sure = _agreement(detector, _detector(spec, quantized, recipe.width, CHECK_FIND_SCORE), check)
         if found < sure:
             raise UserError(
                 f"the int8 copy of {spec.id} found {found} of the {sure} objects the float model is sure "
@@ -131,11 +138,11 @@ def _float_nodes(model_path: Path, recipe: Int8Recipe) -> list[str]:
     ]
 
 
-def _detector(spec: ModelSpec, path: Path, recipe: Int8Recipe, threshold: float) -> Any:
+def _detector(spec: ModelSpec, path: Path, width: int, threshold: float) -> Any:
     from deid_sidecar.detect import runtime
     from deid_sidecar.detect.detector import OnnxDetector
 
-    return OnnxDetector(spec, runtime.create_session(path, ["cpu"]), threshold, recipe.width)
+    return OnnxDetector(spec, runtime.create_session(path, ["cpu"]), threshold, width)
 
 
 def _tensors(detector: Any, images: Sequence[np.ndarray], width: int) -> Iterator[np.ndarray]:
